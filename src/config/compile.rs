@@ -1,0 +1,552 @@
+//! Schema structs → validated [`Settings`]: `${NAME}` expansion, defaults,
+//! relative paths, and every check of SPEC §2.
+//!
+//! Defaults (SPEC §2): log json/info/access true; tokens.refresh_interval
+//! 5s; auth schemes [bearer, token], headers [] (the SPEC's sample lists
+//! `xc-token`, but a header is only a credential when configured),
+//! all_scope `scope:all`, realm `tollgate`, forward_credentials false;
+//! client_ip.trusted_proxies []; limits backend local, per_token
+//! {100, 1s, 200}, failed_auth_per_ip {20, 1m, 20}, max_header_bytes 16384,
+//! max_body_bytes unlimited; timeouts header_read 10s, upstream_connect 3s,
+//! upstream_response 30s, idle 60s, shutdown_grace 30s. Required: at least
+//! one `listen` entry, `tokens.source`, and at least one route.
+//!
+//! Invariant: every problem is collected before returning, and a
+//! [`Settings`] is returned only when none was found. The only I/O is
+//! checking that TLS and CA files can be opened.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::schema::{self, Config, RateSpec};
+use super::yaml::{self, Report};
+use super::{env, values};
+use super::{
+    AuthSettings, ClientIpSettings, ConfigErrors, LimitBackend, LimitSettings, Listener, LogFormat,
+    LogSettings, RouteScopes, RouteSettings, Settings, SourceKind, Timeouts, TlsFiles,
+    TokenSourceSettings,
+};
+
+/// Largest config file accepted.
+pub(crate) const MAX_CONFIG_BYTES: usize = 4 << 20;
+
+pub(super) fn compile(path: &Path, text: &str) -> Result<Settings, ConfigErrors> {
+    compile_with(path, text, &env::process_env)
+}
+
+/// [`compile`] with an explicit environment (tests use a fake one).
+pub(super) fn compile_with(
+    path: &Path,
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Settings, ConfigErrors> {
+    let (config, spans) = yaml::parse::<Config>(path, text, MAX_CONFIG_BYTES, "the file is empty")?;
+    let mut c = Compiler {
+        report: Report::new(path, &spans),
+        env,
+        dir: path.parent().unwrap_or(Path::new("")).to_path_buf(),
+    };
+    let settings = c.settings(path, config);
+    c.report.finish()?;
+    Ok(settings)
+}
+
+struct Compiler<'a> {
+    report: Report<'a>,
+    env: &'a dyn Fn(&str) -> Option<String>,
+    /// Directory of the config file, for relative paths.
+    dir: PathBuf,
+}
+
+impl Compiler<'_> {
+    fn settings(&mut self, file: &Path, config: Config) -> Settings {
+        let listeners = self.listeners(config.listen);
+        let admin = config.admin.map(|a| self.addr("admin.addr", &a.addr));
+        if let Some(admin) = admin.filter(|a| a.port() != 0) {
+            if let Some(i) = listeners.iter().position(|l| l.addr == admin) {
+                self.report.error_unlocated(
+                    "admin.addr",
+                    format!("{admin} duplicates listen[{i}].addr; use another port"),
+                );
+            }
+        }
+        Settings {
+            file: file.to_path_buf(),
+            listeners,
+            admin,
+            log: self.log(config.log.unwrap_or_default()),
+            tokens: self.tokens(config.tokens),
+            auth: self.auth(config.auth.unwrap_or_default()),
+            client_ip: self.client_ip(config.client_ip.unwrap_or_default()),
+            limits: self.limits(config.limits.unwrap_or_default()),
+            timeouts: self.timeouts(config.timeouts.unwrap_or_default()),
+            routes: self.routes(config.routes),
+            warnings: Vec::new(),
+        }
+    }
+
+    /// A string value with `${NAME}` expanded.
+    fn string(&mut self, path: &str, raw: &str) -> String {
+        match env::expand(raw, self.env) {
+            Ok(s) => s,
+            Err(m) => {
+                self.report.error(path, m);
+                raw.to_string()
+            }
+        }
+    }
+
+    fn addr(&mut self, path: &str, raw: &str) -> SocketAddr {
+        let s = self.string(path, raw);
+        let parsed = s.parse::<SocketAddr>().map_err(|_| {
+            format!("{s:?} is not an IP address and port such as 0.0.0.0:8080 or [::]:8443")
+        });
+        self.report
+            .check(path, parsed)
+            .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    fn duration(
+        &mut self,
+        path: &str,
+        raw: Option<&str>,
+        default: &str,
+        zero_ok: bool,
+    ) -> Duration {
+        let s = self.string(path, raw.unwrap_or(default));
+        self.report
+            .check(path, values::duration(&s, zero_ok))
+            .unwrap_or(Duration::ZERO)
+    }
+
+    /// A file path, resolved against the config's directory; with
+    /// `must_open`, the file must exist and be readable now.
+    fn file(&mut self, path: &str, raw: &str, must_open: bool) -> PathBuf {
+        let s = self.string(path, raw);
+        if s.is_empty() {
+            self.report.error(path, "is empty; give a file path");
+            return PathBuf::new();
+        }
+        let resolved = self.dir.join(&s);
+        if must_open {
+            let shown = if Path::new(&s).is_absolute() {
+                format!("{s:?}")
+            } else {
+                format!("{s:?} (resolved to {:?})", resolved.display().to_string())
+            };
+            match std::fs::File::open(&resolved).and_then(|f| f.metadata()) {
+                Ok(m) if m.is_file() => {}
+                Ok(_) => self.report.error(path, format!("{shown} is not a file")),
+                Err(e) => self.report.error(path, format!("cannot open {shown}: {e}")),
+            }
+        }
+        resolved
+    }
+
+    fn listeners(&mut self, specs: Vec<schema::ListenSpec>) -> Vec<Listener> {
+        if specs.is_empty() {
+            self.report.error(
+                "listen",
+                "needs at least one listener, e.g. - addr: 0.0.0.0:8080",
+            );
+        }
+        let mut out: Vec<Listener> = Vec::with_capacity(specs.len());
+        for (i, spec) in specs.into_iter().enumerate() {
+            let p = format!("listen[{i}]");
+            let addr = self.addr(&format!("{p}.addr"), &spec.addr);
+            // Port 0 (any free port, as tests use) may appear more than once.
+            if let Some(j) = out.iter().position(|l| l.addr == addr && addr.port() != 0) {
+                self.report.error_unlocated(
+                    &format!("{p}.addr"),
+                    format!("{addr} duplicates listen[{j}].addr"),
+                );
+            }
+            let tls = spec.tls.map(|t| TlsFiles {
+                cert: self.file(&format!("{p}.tls.cert"), &t.cert, true),
+                key: self.file(&format!("{p}.tls.key"), &t.key, true),
+            });
+            out.push(Listener { addr, tls });
+        }
+        out
+    }
+
+    fn log(&mut self, spec: schema::LogSpec) -> LogSettings {
+        let format = match self
+            .string("log.format", spec.format.as_deref().unwrap_or("json"))
+            .as_str()
+        {
+            "json" => LogFormat::Json,
+            "text" => LogFormat::Text,
+            other => {
+                let m = format!("{other:?} is not a log format; use json or text");
+                self.report.error("log.format", m);
+                LogFormat::Json
+            }
+        };
+        let level = self.string("log.level", spec.level.as_deref().unwrap_or("info"));
+        self.report.check("log.level", values::log_level(&level));
+        let access = self.report.bool("log.access", spec.access, true);
+        LogSettings {
+            format,
+            level,
+            access,
+        }
+    }
+
+    fn tokens(&mut self, spec: schema::TokensSpec) -> TokenSourceSettings {
+        let source = self.string("tokens.source", &spec.source);
+        let needs_path = |this: &mut Self, raw: &Option<String>| match raw {
+            Some(p) => this.file("tokens.path", p, false),
+            None => {
+                let m = format!("is required with source: {source}");
+                this.report.error("tokens.path", m);
+                PathBuf::new()
+            }
+        };
+        let kind = match source.as_str() {
+            "file" => SourceKind::File {
+                path: needs_path(self, &spec.path),
+            },
+            "sqlite" => SourceKind::Sqlite {
+                path: needs_path(self, &spec.path),
+            },
+            "postgres" => SourceKind::Postgres {
+                url: self.postgres_url(spec.url.as_deref()),
+            },
+            other => {
+                let m = format!("{other:?} is not a token source; use file, sqlite or postgres");
+                self.report.error("tokens.source", m);
+                SourceKind::File {
+                    path: PathBuf::new(),
+                }
+            }
+        };
+        if spec.url.is_some() && matches!(source.as_str(), "file" | "sqlite") {
+            let m = format!("is only used with source: postgres (source is {source}; use path)");
+            self.report.error("tokens.url", m);
+        }
+        if spec.path.is_some() && source == "postgres" {
+            self.report.error(
+                "tokens.path",
+                "is only used with source: file or sqlite (use url)",
+            );
+        }
+        let query = spec.query.map(|q| self.string("tokens.query", &q));
+        if query.is_some() && source == "file" {
+            self.report.error(
+                "tokens.query",
+                "is only used with source: sqlite or postgres",
+            );
+        }
+        if query.as_deref().is_some_and(|q| q.trim().is_empty()) {
+            self.report.error(
+                "tokens.query",
+                "is empty; remove it to read the tollgate_tokens table",
+            );
+        }
+        let refresh_interval = self.duration(
+            "tokens.refresh_interval",
+            spec.refresh_interval.as_deref(),
+            "5s",
+            false,
+        );
+        TokenSourceSettings {
+            kind,
+            query,
+            refresh_interval,
+        }
+    }
+
+    fn postgres_url(&mut self, raw: Option<&str>) -> String {
+        let Some(raw) = raw else {
+            self.report
+                .error("tokens.url", "is required with source: postgres");
+            return String::new();
+        };
+        let url = self.string("tokens.url", raw);
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            self.report
+                .error("tokens.url", "must start with postgres:// or postgresql://");
+        }
+        url
+    }
+
+    fn auth(&mut self, spec: schema::AuthSpec) -> AuthSettings {
+        let default_schemes = || vec!["bearer".to_string(), "token".to_string()];
+        let raw_schemes = spec.schemes.unwrap_or_else(default_schemes);
+        let raw_headers = spec.headers.unwrap_or_default();
+        let mut schemes: Vec<String> = Vec::new();
+        for (i, raw) in raw_schemes.iter().enumerate() {
+            let p = format!("auth.schemes[{i}]");
+            let s = self.string(&p, raw);
+            if let Some(s) = self.report.check(&p, values::scheme(&s)) {
+                if let Some(j) = schemes.iter().position(|x| *x == s) {
+                    self.report
+                        .error(&p, format!("{s:?} duplicates auth.schemes[{j}]"));
+                }
+                schemes.push(s);
+            }
+        }
+        let mut headers: Vec<http::HeaderName> = Vec::new();
+        for (i, raw) in raw_headers.iter().enumerate() {
+            let p = format!("auth.headers[{i}]");
+            let s = self.string(&p, raw);
+            if let Some(h) = self.report.check(&p, values::token_header(&s)) {
+                if let Some(j) = headers.iter().position(|x| *x == h) {
+                    let m = format!("{:?} duplicates auth.headers[{j}]", h.as_str());
+                    self.report.error(&p, m);
+                }
+                headers.push(h);
+            }
+        }
+        if raw_schemes.is_empty() && raw_headers.is_empty() {
+            self.report.error(
+                "auth",
+                "schemes and headers are both empty, so no request could present a token",
+            );
+        }
+        let all_scope = self.string(
+            "auth.all_scope",
+            spec.all_scope.as_deref().unwrap_or("scope:all"),
+        );
+        self.report
+            .check("auth.all_scope", values::scope(&all_scope));
+        let realm = self.string("auth.realm", spec.realm.as_deref().unwrap_or("tollgate"));
+        self.report.check("auth.realm", values::realm(&realm));
+        let forward_credentials =
+            self.report
+                .bool("auth.forward_credentials", spec.forward_credentials, false);
+        AuthSettings {
+            schemes,
+            headers,
+            all_scope,
+            realm,
+            forward_credentials,
+        }
+    }
+
+    fn client_ip(&mut self, spec: schema::ClientIpSpec) -> ClientIpSettings {
+        let mut trusted_proxies = Vec::new();
+        for (i, raw) in spec.trusted_proxies.unwrap_or_default().iter().enumerate() {
+            let p = format!("client_ip.trusted_proxies[{i}]");
+            let s = self.string(&p, raw);
+            trusted_proxies.extend(self.report.check(&p, values::ip_net(&s)));
+        }
+        ClientIpSettings { trusted_proxies }
+    }
+
+    fn limits(&mut self, spec: schema::LimitsSpec) -> LimitSettings {
+        let backend = self.string("limits.backend", spec.backend.as_deref().unwrap_or("local"));
+        let backend = match (backend.as_str(), spec.redis_url) {
+            ("local", None) => LimitBackend::Local,
+            ("local", Some(_)) => {
+                self.report.error(
+                    "limits.redis_url",
+                    "is only used with backend: redis; set backend: redis or remove it",
+                );
+                LimitBackend::Local
+            }
+            ("redis", None) => {
+                self.report
+                    .error("limits.redis_url", "is required with backend: redis");
+                LimitBackend::Local
+            }
+            ("redis", Some(raw)) => {
+                let url = self.string("limits.redis_url", &raw);
+                let schemes = ["redis://", "rediss://", "redis+unix://", "unix://"];
+                if !schemes.iter().any(|s| url.starts_with(s)) {
+                    self.report.error(
+                        "limits.redis_url",
+                        "must start with redis://, rediss://, redis+unix:// or unix://",
+                    );
+                }
+                LimitBackend::Redis { url }
+            }
+            (other, _) => {
+                let m = format!("{other:?} is not a limit backend; use local or redis");
+                self.report.error("limits.backend", m);
+                LimitBackend::Local
+            }
+        };
+        let mut rate = |path: &str, spec: Option<RateSpec>, default: (u32, &str, u32)| {
+            let spec = spec.unwrap_or(RateSpec {
+                requests: default.0,
+                per: default.1.to_string(),
+                burst: Some(default.2),
+            });
+            let per = self.string(&format!("{path}.per"), &spec.per);
+            let spec = RateSpec { per, ..spec };
+            values::rate(&mut self.report, path, &spec).unwrap_or(super::Rate {
+                requests: super::nz(1),
+                per: Duration::from_secs(1),
+                burst: super::nz(1),
+            })
+        };
+        let per_token = rate("limits.per_token", spec.per_token, (100, "1s", 200));
+        let failed_auth_per_ip = rate(
+            "limits.failed_auth_per_ip",
+            spec.failed_auth_per_ip,
+            (20, "1m", 20),
+        );
+        let max_header_bytes = spec.max_header_bytes.unwrap_or(16_384);
+        if max_header_bytes == 0 {
+            self.report
+                .error("limits.max_header_bytes", "must be greater than zero");
+        }
+        LimitSettings {
+            backend,
+            per_token,
+            failed_auth_per_ip,
+            max_header_bytes: usize::try_from(max_header_bytes).unwrap_or(usize::MAX),
+            max_body_bytes: spec.max_body_bytes,
+        }
+    }
+
+    fn timeouts(&mut self, spec: schema::TimeoutsSpec) -> Timeouts {
+        Timeouts {
+            header_read: self.duration(
+                "timeouts.header_read",
+                spec.header_read.as_deref(),
+                "10s",
+                false,
+            ),
+            upstream_connect: self.duration(
+                "timeouts.upstream_connect",
+                spec.upstream_connect.as_deref(),
+                "3s",
+                false,
+            ),
+            upstream_response: self.duration(
+                "timeouts.upstream_response",
+                spec.upstream_response.as_deref(),
+                "30s",
+                false,
+            ),
+            idle: self.duration("timeouts.idle", spec.idle.as_deref(), "60s", false),
+            shutdown_grace: self.duration(
+                "timeouts.shutdown_grace",
+                spec.shutdown_grace.as_deref(),
+                "30s",
+                true,
+            ),
+        }
+    }
+
+    fn routes(&mut self, specs: Vec<schema::RouteSpec>) -> Vec<RouteSettings> {
+        if specs.is_empty() {
+            self.report.error(
+                "routes",
+                "needs at least one route, e.g. - { prefix: /api, upstream: http://127.0.0.1:8000, scopes: [\"*\"] }",
+            );
+        }
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        let mut out = Vec::with_capacity(specs.len());
+        for (i, spec) in specs.into_iter().enumerate() {
+            let p = format!("routes[{i}]");
+            let prefix = self.string(&format!("{p}.prefix"), &spec.prefix);
+            if self
+                .report
+                .check(&format!("{p}.prefix"), values::prefix(&prefix))
+                .is_some()
+            {
+                if let Some(j) = seen.get(&prefix) {
+                    self.report.error_unlocated(
+                        &format!("{p}.prefix"),
+                        format!("{prefix:?} duplicates routes[{j}]"),
+                    );
+                } else {
+                    seen.insert(prefix.clone(), i);
+                }
+            }
+            let raw = self.string(&format!("{p}.upstream"), &spec.upstream);
+            let upstream = self
+                .report
+                .check(&format!("{p}.upstream"), values::upstream(&raw))
+                .unwrap_or_default();
+            let scopes = self.route_scopes(&p, &spec.scopes);
+            let anonymous_read = match spec
+                .anonymous
+                .as_deref()
+                .map(|a| self.string(&format!("{p}.anonymous"), a))
+                .as_deref()
+            {
+                None | Some("none") => false,
+                Some("read") => true,
+                Some(other) => {
+                    let m = format!("{other:?} is not an anonymous mode; use none or read");
+                    self.report.error(&format!("{p}.anonymous"), m);
+                    false
+                }
+            };
+            let strip_prefix =
+                self.report
+                    .bool(&format!("{p}.strip_prefix"), spec.strip_prefix, false);
+            let upstream_response_timeout = spec.upstream_response_timeout.map(|raw| {
+                self.duration(
+                    &format!("{p}.upstream_response_timeout"),
+                    Some(&raw),
+                    "",
+                    false,
+                )
+            });
+            let upstream_ca = spec.upstream_ca.map(|raw| {
+                let path = format!("{p}.upstream_ca");
+                if upstream.scheme_str() == Some("http") {
+                    self.report
+                        .error(&path, "is only used with an https upstream");
+                }
+                self.file(&path, &raw, true)
+            });
+            out.push(RouteSettings {
+                prefix,
+                upstream,
+                scopes,
+                anonymous_read,
+                strip_prefix,
+                upstream_response_timeout,
+                max_body_bytes: spec.max_body_bytes,
+                upstream_ca,
+            });
+        }
+        out
+    }
+
+    fn route_scopes(&mut self, route: &str, raw: &[String]) -> RouteScopes {
+        let path = format!("{route}.scopes");
+        if raw.is_empty() {
+            self.report.error(
+                &path,
+                "is empty; list the scopes that may use this route, or [\"*\"] for any valid token",
+            );
+            return RouteScopes::OneOf(Vec::new());
+        }
+        let mut scopes: Vec<String> = Vec::with_capacity(raw.len());
+        for (i, s) in raw.iter().enumerate() {
+            let p = format!("{path}[{i}]");
+            let s = self.string(&p, s);
+            if s == "*" && raw.len() > 1 {
+                self.report.error(
+                    &p,
+                    "\"*\" (any valid token) cannot be combined with other scopes; use [\"*\"] alone",
+                );
+            } else if self.report.check(&p, values::scope(&s)).is_some() {
+                if let Some(j) = scopes.iter().position(|x| *x == s) {
+                    self.report
+                        .error(&p, format!("{s:?} duplicates {path}[{j}]"));
+                }
+            }
+            scopes.push(s);
+        }
+        if scopes.len() == 1 && scopes[0] == "*" {
+            RouteScopes::AnyToken
+        } else {
+            RouteScopes::OneOf(scopes)
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "compile_tests.rs"]
+mod tests;

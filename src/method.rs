@@ -1,0 +1,317 @@
+//! Whether a request counts as writing (read-only tokens and anonymous
+//! requests may not write).
+//!
+//! A request writes when its method is not exactly `GET`, `HEAD` or
+//! `OPTIONS`, when a method-override header or a `_method` query parameter
+//! names anything else, or when it asks for a WebSocket upgrade.
+//!
+//! Invariant: when in doubt, a request writes: every override spelling an
+//! upstream framework might honour is compared after decoding, exactly and
+//! case-sensitively. Does no I/O and no allocation.
+
+use http::header::UPGRADE;
+use http::{HeaderMap, HeaderName, Method};
+
+/// `X-HTTP-Method-Override`.
+pub const X_HTTP_METHOD_OVERRIDE: HeaderName = HeaderName::from_static("x-http-method-override");
+/// `X-HTTP-Method`.
+pub const X_HTTP_METHOD: HeaderName = HeaderName::from_static("x-http-method");
+/// `X-Method-Override`.
+pub const X_METHOD_OVERRIDE: HeaderName = HeaderName::from_static("x-method-override");
+
+/// The method-override headers, any occurrence of which is checked.
+pub const OVERRIDE_HEADERS: [HeaderName; 3] =
+    [X_HTTP_METHOD_OVERRIDE, X_HTTP_METHOD, X_METHOD_OVERRIDE];
+
+/// Whether the request counts as writing.
+///
+/// `query` is the raw query string (without `?`).
+pub fn is_write(method: &Method, headers: &HeaderMap, query: Option<&str>) -> bool {
+    if !is_read_method(method) {
+        return true;
+    }
+    for name in &OVERRIDE_HEADERS {
+        if headers
+            .get_all(name)
+            .iter()
+            .any(|v| !is_read_name(v.as_bytes()))
+        {
+            return true;
+        }
+    }
+    if let Some(q) = query {
+        if query_overrides_to_write(q) {
+            return true;
+        }
+    }
+    is_websocket_upgrade(headers)
+}
+
+/// Whether `method` is exactly `GET`, `HEAD` or `OPTIONS` (case-sensitive).
+pub fn is_read_method(method: &Method) -> bool {
+    *method == Method::GET || *method == Method::HEAD || *method == Method::OPTIONS
+}
+
+fn is_read_name(name: &[u8]) -> bool {
+    matches!(name, b"GET" | b"HEAD" | b"OPTIONS")
+}
+
+/// Whether the request asks for a WebSocket upgrade: an `Upgrade` header
+/// listing the protocol `websocket` (case-insensitive, any version suffix).
+///
+/// Like hyper, this does not require `Connection: upgrade`. HTTP/2 extended
+/// CONNECT (`:protocol websocket`) is a CONNECT, refused before this.
+pub fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
+    headers.get_all(UPGRADE).iter().any(|v| {
+        v.as_bytes().split(|&b| b == b',').any(|proto| {
+            let name = proto.split(|&b| b == b'/').next().unwrap_or_default();
+            trim_ows(name).eq_ignore_ascii_case(b"websocket")
+        })
+    })
+}
+
+/// Whether a `_method` query parameter names anything other than `GET`,
+/// `HEAD` or `OPTIONS`.
+///
+/// Parameters are split on `&` and `;`; names and values are percent- and
+/// `+`-decoded once. A name counts as `_method` compared ASCII
+/// case-insensitively, after leading spaces are dropped, anything from a
+/// `[` on is cut and ` ` or `.` read as `_` (PHP's rewriting of parameter
+/// names). `_method` without `=` or with an empty value names nothing
+/// allowed, so it writes.
+fn query_overrides_to_write(query: &str) -> bool {
+    query
+        .as_bytes()
+        .split(|&b| b == b'&' || b == b';')
+        .any(|pair| {
+            let (name, value) = match pair.iter().position(|&b| b == b'=') {
+                Some(i) => (&pair[..i], &pair[i + 1..]),
+                None => (pair, &pair[pair.len()..]),
+            };
+            is_method_param(name) && !is_read_name_decoded(value)
+        })
+}
+
+fn is_method_param(raw: &[u8]) -> bool {
+    let name = FormDecoded::new(raw)
+        .skip_while(|&b| b == b' ')
+        .take_while(|&b| b != b'[')
+        .map(|b| match b {
+            b' ' | b'.' => b'_',
+            other => other.to_ascii_lowercase(),
+        });
+    name.eq(b"_method".iter().copied())
+}
+
+fn is_read_name_decoded(raw: &[u8]) -> bool {
+    [&b"GET"[..], b"HEAD", b"OPTIONS"]
+        .iter()
+        .any(|m| FormDecoded::new(raw).eq(m.iter().copied()))
+}
+
+fn trim_ows(mut s: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = s {
+        s = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = s {
+        s = rest;
+    }
+    s
+}
+
+/// The bytes of an `application/x-www-form-urlencoded` component, decoded
+/// once: `+` is a space, `%XX` a byte; a malformed escape stays as sent.
+struct FormDecoded<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> FormDecoded<'a> {
+    fn new(raw: &'a [u8]) -> Self {
+        FormDecoded { rest: raw }
+    }
+}
+
+impl Iterator for FormDecoded<'_> {
+    type Item = u8;
+
+    fn next(&mut self) -> Option<u8> {
+        let (&b, rest) = self.rest.split_first()?;
+        match (b, rest) {
+            (b'%', [h, l, tail @ ..]) => match (hex(*h), hex(*l)) {
+                (Some(h), Some(l)) => {
+                    self.rest = tail;
+                    Some((h << 4) | l)
+                }
+                _ => {
+                    self.rest = rest;
+                    Some(b'%')
+                }
+            },
+            (b'+', _) => {
+                self.rest = rest;
+                Some(b' ')
+            }
+            _ => {
+                self.rest = rest;
+                Some(b)
+            }
+        }
+    }
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn h(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for (n, v) in pairs {
+            m.append(
+                HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                HeaderValue::from_static(v),
+            );
+        }
+        m
+    }
+
+    fn get_writes(headers: &[(&'static str, &'static str)], query: Option<&str>) -> bool {
+        is_write(&Method::GET, &h(headers), query)
+    }
+
+    #[test]
+    fn read_methods_do_not_write() {
+        for m in [Method::GET, Method::HEAD, Method::OPTIONS] {
+            assert!(!is_write(&m, &HeaderMap::new(), None), "{m}");
+        }
+    }
+
+    #[test]
+    fn other_methods_write() {
+        for m in [
+            "POST", "PUT", "PATCH", "DELETE", "PROPFIND", "CONNECT", "TRACE",
+        ] {
+            let m = Method::from_bytes(m.as_bytes()).unwrap();
+            assert!(is_write(&m, &HeaderMap::new(), None), "{m}");
+        }
+    }
+
+    #[test]
+    fn methods_are_case_sensitive() {
+        for m in ["get", "Get", "head", "options", "GET2"] {
+            let m = Method::from_bytes(m.as_bytes()).unwrap();
+            assert!(is_write(&m, &HeaderMap::new(), None), "{m}");
+        }
+    }
+
+    #[test]
+    fn override_headers_naming_a_write_method_write() {
+        for name in [
+            "x-http-method-override",
+            "X-HTTP-Method",
+            "x-method-override",
+        ] {
+            for value in ["DELETE", "get", "", "GET, POST", " GET"] {
+                assert!(get_writes(&[(name, value)], None), "{name}: {value:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn override_headers_naming_a_read_method_do_not_write() {
+        assert!(!get_writes(
+            &[
+                ("x-http-method-override", "GET"),
+                ("x-http-method", "HEAD"),
+                ("x-method-override", "OPTIONS"),
+            ],
+            None
+        ));
+    }
+
+    #[test]
+    fn any_occurrence_of_an_override_header_counts() {
+        assert!(get_writes(
+            &[
+                ("x-http-method-override", "GET"),
+                ("x-http-method-override", "PUT"),
+            ],
+            None
+        ));
+    }
+
+    #[test]
+    fn method_query_parameter_naming_a_write_method_writes() {
+        for q in [
+            "_method=DELETE",
+            "a=1&_method=PUT",
+            "_method=GET&_method=POST",
+            "%5Fmethod=PUT",
+            "%5fmethod=PUT",
+            "_%6Dethod=PUT",
+            "_method=get",
+            "_method",
+            "_method=",
+            "a=1;_method=PATCH",
+            "_METHOD=PUT",
+            ".method=PUT",
+            "_method[]=PUT",
+            "+_method=PUT",
+            "_method=%50UT",
+            "_method=GET+",
+        ] {
+            assert!(get_writes(&[], Some(q)), "{q}");
+        }
+    }
+
+    #[test]
+    fn method_query_parameter_naming_a_read_method_does_not_write() {
+        for q in [
+            "_method=GET",
+            "_method=%47ET",
+            "_method=HEAD&_method=OPTIONS",
+            "method=DELETE",
+            "x_method=DELETE",
+            "_methods=DELETE",
+            "+method=DELETE",
+            "q=_method%3DDELETE",
+            "",
+            "a&b=c",
+        ] {
+            assert!(!get_writes(&[], Some(q)), "{q}");
+        }
+    }
+
+    #[test]
+    fn websocket_upgrade_writes() {
+        assert!(get_writes(&[("upgrade", "websocket")], None));
+        assert!(get_writes(&[("upgrade", "WebSocket")], None));
+        assert!(get_writes(&[("upgrade", "h2c, websocket/13")], None));
+        assert!(!get_writes(&[("upgrade", "h2c")], None));
+        assert!(!get_writes(&[("upgrade", "websockets")], None));
+    }
+
+    #[test]
+    fn websocket_upgrade_is_detected_across_headers() {
+        assert!(is_websocket_upgrade(&h(&[
+            ("upgrade", "foo"),
+            ("upgrade", " websocket ")
+        ])));
+        assert!(!is_websocket_upgrade(&h(&[("connection", "upgrade")])));
+    }
+
+    #[test]
+    fn form_decoding_keeps_malformed_escapes() {
+        assert_eq!(FormDecoded::new(b"%zz%4").collect::<Vec<_>>(), b"%zz%4");
+        assert_eq!(FormDecoded::new(b"a+%41%").collect::<Vec<_>>(), b"a A%");
+    }
+}

@@ -1,0 +1,209 @@
+//! Forwarding: the pooled upstream clients and the one step of a request
+//! that does I/O.
+//!
+//! One `hyper_util` client per distinct (connect timeout, CA bundle) is
+//! shared by every route and connection and survives reloads, so upstream
+//! keep-alive connections are reused. Both legs set `TCP_NODELAY`.
+//! Invariant: bodies stream both ways; nothing here buffers a body.
+
+pub mod body;
+pub mod headers;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::uri::PathAndQuery;
+use http::{Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+
+use self::body::{BodyTooLarge, RequestBody, ResponseBody};
+use crate::reject::Reject;
+use crate::snapshot::Route;
+
+/// A pooled HTTP/1.1 client to upstreams, `http` or `https`.
+pub type Client = hyper_util::client::legacy::Client<HttpsConnector<HttpConnector>, RequestBody>;
+
+/// Idle upstream connections are closed before common upstream keep-alive
+/// timeouts (nginx 75 s) so a reused connection is rarely stale.
+const POOL_IDLE: Duration = Duration::from_secs(50);
+
+/// What makes two upstream clients differ: connect timeout and CA bundle.
+type ClientKey = (Duration, Option<PathBuf>);
+
+/// A built client and the CA bundle bytes it trusts.
+type BuiltClient = (Option<Vec<u8>>, Client);
+
+/// The clients, by what makes them differ. Consulted when a config is
+/// compiled, never per request.
+#[derive(Default)]
+pub struct Upstreams {
+    /// By connect timeout and CA bundle path: the bundle's bytes when the
+    /// client was built, and the client.
+    clients: Mutex<HashMap<ClientKey, BuiltClient>>,
+}
+
+impl Upstreams {
+    /// The client for this connect timeout and optional CA bundle. The
+    /// bundle is read on every call (every compile), so a bundle replaced
+    /// in place is trusted from the next reload on.
+    pub fn client(&self, connect_timeout: Duration, ca: Option<&Path>) -> Result<Client, String> {
+        let pem = ca
+            .map(|p| std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display())))
+            .transpose()?;
+        let key = (connect_timeout, ca.map(Path::to_path_buf));
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((built_from, c)) = clients.get(&key) {
+            if *built_from == pem {
+                return Ok(c.clone());
+            }
+        }
+        let client = build_client(connect_timeout, ca.zip(pem.as_deref()))?;
+        clients.insert(key, (pem, client.clone()));
+        Ok(client)
+    }
+}
+
+fn build_client(connect_timeout: Duration, ca: Option<(&Path, &[u8])>) -> Result<Client, String> {
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(connect_timeout));
+    http.set_keepalive(Some(Duration::from_secs(60)));
+    http.enforce_http(false);
+    let tls = tls_client_config(ca)?;
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    Ok(
+        hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(POOL_IDLE)
+            .timer(TokioTimer::new())
+            .build(connector),
+    )
+}
+
+/// Web PKI roots, plus the certificates of the bundle `ca` (its path, for
+/// errors, and its PEM bytes) when given.
+fn tls_client_config(ca: Option<(&Path, &[u8])>) -> Result<rustls::ClientConfig, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some((ca, mut pem)) = ca {
+        let mut found = 0;
+        for cert in rustls_pemfile::certs(&mut pem) {
+            let cert = cert.map_err(|e| format!("{}: {e}", ca.display()))?;
+            roots
+                .add(cert)
+                .map_err(|e| format!("{}: {e}", ca.display()))?;
+            found += 1;
+        }
+        if found == 0 {
+            return Err(format!("{} holds no PEM certificate", ca.display()));
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+/// The upstream URI for a canonical path and the untouched query.
+pub fn upstream_uri(route: &Route, path: &str, query: Option<&str>) -> Result<Uri, Reject> {
+    let path = if route.strip_prefix {
+        crate::target::strip_prefix_path(path, &route.prefix)
+    } else {
+        path
+    };
+    let mut pq =
+        String::with_capacity(route.base_path.len() + path.len() + 1 + query.map_or(0, str::len));
+    pq.push_str(&route.base_path);
+    pq.push_str(path);
+    if let Some(q) = query {
+        pq.push('?');
+        pq.push_str(q);
+    }
+    let pq =
+        PathAndQuery::from_maybe_shared(bytes::Bytes::from(pq)).map_err(|_| Reject::BadPath)?;
+    Uri::builder()
+        .scheme(route.scheme.clone())
+        .authority(route.authority.clone())
+        .path_and_query(pq)
+        .build()
+        .map_err(|_| Reject::BadPath)
+}
+
+/// Sends a cleaned request upstream and returns its response head with the
+/// body streaming. Waits at most the route's response timeout for the head.
+pub async fn forward(
+    route: &Route,
+    mut req: Request<RequestBody>,
+    websocket: Option<hyper::upgrade::OnUpgrade>,
+) -> Result<Response<ResponseBody>, Reject> {
+    *req.version_mut() = Version::HTTP_11;
+    let sent = route.client.request(req);
+    let resp = match tokio::time::timeout(route.response_timeout, sent).await {
+        Err(_) => return Err(Reject::GatewayTimeout),
+        Ok(Err(e)) => return Err(classify(&e)),
+        Ok(Ok(resp)) => resp,
+    };
+    let mut resp = resp;
+    let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    let upstream_side = switching.then(|| hyper::upgrade::on(&mut resp));
+    let (mut parts, body) = resp.into_parts();
+    match (upstream_side, websocket) {
+        (Some(upstream_side), Some(client_side)) => {
+            tokio::spawn(tunnel(client_side, upstream_side));
+            headers::clean_response(&mut parts.headers, true);
+            Ok(Response::from_parts(parts, ResponseBody::empty()))
+        }
+        (Some(_), None) => Err(Reject::BadGateway),
+        (None, _) => {
+            headers::clean_response(&mut parts.headers, false);
+            Ok(Response::from_parts(parts, ResponseBody::upstream(body)))
+        }
+    }
+}
+
+/// Copies bytes both ways once both sides have switched protocols.
+async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    let (Ok(client), Ok(upstream)) = (client.await, upstream.await) else {
+        return;
+    };
+    let mut client = TokioIo::new(client);
+    let mut upstream = TokioIo::new(upstream);
+    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+}
+
+/// 413 when our own body limit stopped the request, else 502.
+fn classify(e: &hyper_util::client::legacy::Error) -> Reject {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if err.is::<BodyTooLarge>() {
+            return Reject::BodyTooLarge;
+        }
+        source = err.source();
+    }
+    tracing::debug!(error = %e, "upstream request failed");
+    Reject::BadGateway
+}
+
+/// Turns the server-side request into the one sent upstream (used by the
+/// gateway after hygiene): new URI, body wrapped with its limit.
+pub fn upstream_request(
+    parts: http::request::Parts,
+    body: Incoming,
+    uri: Uri,
+    limit: Option<u64>,
+) -> Request<RequestBody> {
+    let mut req = Request::from_parts(parts, RequestBody::new(body, limit));
+    *req.uri_mut() = uri;
+    req
+}

@@ -1,0 +1,275 @@
+//! `Reject`: every answer the gateway makes itself instead of forwarding.
+//!
+//! One exhaustive `match` maps a variant to status, `error` code, message and
+//! headers, so a new variant forces a decision. Invariant: a response body
+//! never carries anything the client did not already know — no token, no
+//! hash, no upstream address — and the answer for an unknown, revoked,
+//! expired or mistyped token is one and the same.
+
+use bytes::Bytes;
+use http::header::{CONNECTION, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::{HeaderValue, Response, StatusCode};
+
+use crate::proxy::body::ResponseBody;
+
+/// Why the gateway answers a request itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reject {
+    // Caused by the client (4xx).
+    BadPath,
+    AmbiguousCredentials,
+    MethodNotAllowed,
+    NoRoute,
+    MissingToken,
+    InvalidToken,
+    IpNotAllowed,
+    /// Carries the route's prebuilt `WWW-Authenticate` challenge.
+    InsufficientScope(HeaderValue),
+    ReadOnlyToken,
+    BodyTooLarge,
+    UriTooLong,
+    /// Token or failed-auth limit; whole seconds to wait, at least 1.
+    RateLimited {
+        retry_after: u64,
+    },
+    // The gateway is not serving (503).
+    NotReady,
+    Draining,
+    // Caused by the upstream (502/504).
+    BadGateway,
+    GatewayTimeout,
+}
+
+/// Who caused a refusal; decides the log level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    Client,
+    Availability,
+    Upstream,
+}
+
+impl Reject {
+    /// Status, `error` code and the sentence of the JSON body.
+    pub fn parts(&self) -> (StatusCode, &'static str, &'static str) {
+        use Reject::*;
+        match self {
+            BadPath => (
+                StatusCode::BAD_REQUEST,
+                "bad_path",
+                "The request target is not a canonical origin-form path.",
+            ),
+            AmbiguousCredentials => (
+                StatusCode::BAD_REQUEST,
+                "ambiguous_credentials",
+                "The request carries more than one credential.",
+            ),
+            MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "TRACE and CONNECT are not allowed.",
+            ),
+            NoRoute => (
+                StatusCode::NOT_FOUND,
+                "no_route",
+                "No route matches this path.",
+            ),
+            MissingToken => (
+                StatusCode::UNAUTHORIZED,
+                "missing_token",
+                "This route requires an API token.",
+            ),
+            InvalidToken => (
+                StatusCode::UNAUTHORIZED,
+                "invalid_token",
+                "The API token is not valid.",
+            ),
+            IpNotAllowed => (
+                StatusCode::FORBIDDEN,
+                "ip_not_allowed",
+                "The token may not be used from this address.",
+            ),
+            InsufficientScope(_) => (
+                StatusCode::FORBIDDEN,
+                "insufficient_scope",
+                "The token has none of the scopes this route requires.",
+            ),
+            ReadOnlyToken => (
+                StatusCode::FORBIDDEN,
+                "read_only_token",
+                "This request writes and the token is read-only.",
+            ),
+            BodyTooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                "The request body is larger than this route allows.",
+            ),
+            UriTooLong => (
+                StatusCode::URI_TOO_LONG,
+                "uri_too_long",
+                "The request target is too long.",
+            ),
+            RateLimited { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "Too many requests; retry later.",
+            ),
+            NotReady | Draining => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_ready",
+                "The gateway is not ready to serve requests.",
+            ),
+            BadGateway => (
+                StatusCode::BAD_GATEWAY,
+                "bad_gateway",
+                "The upstream could not be reached.",
+            ),
+            GatewayTimeout => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "gateway_timeout",
+                "The upstream did not answer in time.",
+            ),
+        }
+    }
+
+    /// The `error` code, also the `reason` label of metrics.
+    pub fn code(&self) -> &'static str {
+        self.parts().1
+    }
+
+    pub fn cause(&self) -> Cause {
+        use Reject::*;
+        match self {
+            BadPath
+            | AmbiguousCredentials
+            | MethodNotAllowed
+            | NoRoute
+            | MissingToken
+            | InvalidToken
+            | IpNotAllowed
+            | InsufficientScope(_)
+            | ReadOnlyToken
+            | BodyTooLarge
+            | UriTooLong
+            | RateLimited { .. } => Cause::Client,
+            NotReady | Draining => Cause::Availability,
+            BadGateway | GatewayTimeout => Cause::Upstream,
+        }
+    }
+
+    /// Builds the response. `challenges` holds the realm-specific
+    /// `WWW-Authenticate` values of the current snapshot.
+    pub fn into_response(self, challenges: &Challenges) -> Response<ResponseBody> {
+        let (status, code, message) = self.parts();
+        let body =
+            Bytes::from(serde_json::json!({ "error": code, "message": message }).to_string());
+        let mut resp = Response::new(ResponseBody::full(body));
+        *resp.status_mut() = status;
+        let h = resp.headers_mut();
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        match self {
+            Reject::MissingToken => {
+                h.insert(WWW_AUTHENTICATE, challenges.missing.clone());
+            }
+            Reject::InvalidToken => {
+                h.insert(WWW_AUTHENTICATE, challenges.invalid.clone());
+            }
+            Reject::InsufficientScope(challenge) => {
+                h.insert(WWW_AUTHENTICATE, challenge);
+            }
+            Reject::RateLimited { retry_after } => {
+                h.insert(RETRY_AFTER, HeaderValue::from(retry_after.max(1)));
+            }
+            Reject::Draining => {
+                h.insert(CONNECTION, HeaderValue::from_static("close"));
+            }
+            Reject::BadPath
+            | Reject::AmbiguousCredentials
+            | Reject::MethodNotAllowed
+            | Reject::NoRoute
+            | Reject::IpNotAllowed
+            | Reject::ReadOnlyToken
+            | Reject::BodyTooLarge
+            | Reject::UriTooLong
+            | Reject::NotReady
+            | Reject::BadGateway
+            | Reject::GatewayTimeout => {}
+        }
+        resp
+    }
+}
+
+/// The `WWW-Authenticate` values that depend on `auth.realm`.
+#[derive(Debug, Clone)]
+pub struct Challenges {
+    pub missing: HeaderValue,
+    pub invalid: HeaderValue,
+    realm: String,
+}
+
+impl Challenges {
+    pub fn new(realm: &str) -> Self {
+        let realm = realm.replace(['\\', '"'], "");
+        Challenges {
+            missing: header(&format!("Bearer realm=\"{realm}\"")),
+            invalid: header(&format!(
+                "Bearer realm=\"{realm}\", error=\"invalid_token\""
+            )),
+            realm,
+        }
+    }
+
+    /// The `insufficient_scope` challenge for a route's scopes, in order.
+    pub fn insufficient_scope(&self, scopes: &[String]) -> HeaderValue {
+        header(&format!(
+            "Bearer realm=\"{}\", error=\"insufficient_scope\", scope=\"{}\"",
+            self.realm,
+            scopes.join(" ").replace(['\\', '"'], "")
+        ))
+    }
+}
+
+fn header(s: &str) -> HeaderValue {
+    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("Bearer"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    async fn body_of(r: Response<ResponseBody>) -> String {
+        let b = r.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8(b.to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn invalid_token_body_and_challenge_follow_the_spec() {
+        let c = Challenges::new("tollgate");
+        let r = Reject::InvalidToken.into_response(&c);
+        assert_eq!(r.status(), 401);
+        assert_eq!(
+            r.headers()[WWW_AUTHENTICATE],
+            "Bearer realm=\"tollgate\", error=\"invalid_token\""
+        );
+        assert_eq!(r.headers()[CONTENT_TYPE], "application/json");
+        let v: serde_json::Value = serde_json::from_str(&body_of(r).await).unwrap();
+        assert_eq!(v["error"], "invalid_token");
+        assert!(v["message"].as_str().unwrap().ends_with('.'));
+    }
+
+    #[test]
+    fn insufficient_scope_lists_route_scopes_in_order() {
+        let c = Challenges::new("tollgate");
+        let v = c.insufficient_scope(&["scope:agent-ui".into(), "scope:grafana-plugin".into()]);
+        assert_eq!(
+            v,
+            "Bearer realm=\"tollgate\", error=\"insufficient_scope\", scope=\"scope:agent-ui scope:grafana-plugin\""
+        );
+    }
+
+    #[test]
+    fn rate_limited_retry_after_is_at_least_one_second() {
+        let r = Reject::RateLimited { retry_after: 0 }.into_response(&Challenges::new("t"));
+        assert_eq!(r.headers()[RETRY_AFTER], "1");
+    }
+}

@@ -1,0 +1,437 @@
+//! Listeners and connections: accept, TLS, HTTP/1.1 or HTTP/2, and drain.
+//!
+//! The server takes already-bound listeners and a shutdown future, so tests
+//! bind port 0 and pass their own. HTTP/2 is chosen by ALPN on TLS and by
+//! the client preface on plain listeners — sniffed under the header-read
+//! timeout, so a silent client cannot hold a connection open.
+//!
+//! Runtime shape: connections are accepted and served by the runtime that
+//! calls [`serve`] and by [`set_extra_workers`] more threads, each running
+//! its own current-thread runtime with its own accept loop on a duplicate of
+//! each listening socket (one kernel accept queue; whichever runtime is free
+//! takes the next connection). A connection stays on the runtime that
+//! accepted it, so a request never crosses threads and no work is stolen.
+//! The command line runs one runtime per core; tests and embedders that
+//! leave the count at 0 serve on their own runtime only. Invariant: every
+//! connection is tracked until it closes, and shutdown waits for them up to
+//! `shutdown_grace`, then stops the extra runtimes.
+
+pub mod launch;
+pub mod reload;
+pub mod signal;
+pub mod tls;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::{http1, http2};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Notify};
+
+use crate::gateway::{Conn, Gateway};
+
+/// The HTTP/2 client connection preface.
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Binds a TCP listener with `SO_REUSEADDR` (so a restart does not wait for
+/// TIME_WAIT) and `TCP_NODELAY` inherited by accepted sockets where the OS
+/// supports it.
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// Counts open connections so a drain can wait for them.
+#[derive(Default)]
+struct Tracker {
+    open: AtomicUsize,
+    closed: Notify,
+}
+
+struct Tracked(Arc<Tracker>);
+
+impl Tracker {
+    fn track(self: &Arc<Self>) -> Tracked {
+        self.open.fetch_add(1, Ordering::AcqRel);
+        Tracked(self.clone())
+    }
+
+    async fn idle(&self) {
+        loop {
+            let notified = self.closed.notified();
+            if self.open.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.closed.notify_waiters();
+        }
+    }
+}
+
+/// How many threads with a current-thread runtime each serve data
+/// connections beside the runtime that calls [`serve`].
+static EXTRA_WORKERS: AtomicUsize = AtomicUsize::new(0);
+
+/// Sets how many more threads, each with its own current-thread runtime,
+/// accept and serve data connections beside the caller's runtime (the
+/// command line: one per further core). Read by every later [`serve`].
+pub fn set_extra_workers(n: usize) {
+    EXTRA_WORKERS.store(n, Ordering::Relaxed);
+}
+
+/// Serves the data listeners until `shutdown` resolves, then drains:
+/// stops accepting, lets in-flight requests finish (up to
+/// `timeouts.shutdown_grace`), and returns.
+pub async fn serve(
+    gateway: Arc<Gateway>,
+    listeners: Vec<TcpListener>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let extra = EXTRA_WORKERS.load(Ordering::Relaxed);
+    serve_with_workers(gateway, listeners, extra, shutdown).await
+}
+
+/// [`serve`] with `extra_workers` more current-thread runtimes.
+pub async fn serve_with_workers(
+    gateway: Arc<Gateway>,
+    listeners: Vec<TcpListener>,
+    extra_workers: usize,
+    shutdown: impl Future<Output = ()>,
+) {
+    let tracker = Arc::new(Tracker::default());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (done_tx, done_rx) = watch::channel(false);
+    let mut workers = Vec::with_capacity(extra_workers);
+    for n in 0..extra_workers {
+        let duplicates: std::io::Result<Vec<std::net::TcpListener>> = listeners
+            .iter()
+            .map(|l| socket2::SockRef::from(l).try_clone().map(Into::into))
+            .collect();
+        let spawned = duplicates.and_then(|duplicates| {
+            let (gateway, tracker) = (gateway.clone(), tracker.clone());
+            let (stop, done) = (stop_rx.clone(), done_rx.clone());
+            std::thread::Builder::new()
+                .name(format!("tollgate-worker-{}", n + 1))
+                .spawn(move || worker(gateway, duplicates, tracker, stop, done))
+        });
+        match spawned {
+            Ok(handle) => workers.push(handle),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start a worker thread; serving with fewer");
+                break;
+            }
+        }
+    }
+    let mut accept_tasks = Vec::new();
+    for (index, listener) in listeners.into_iter().enumerate() {
+        accept_tasks.push(tokio::spawn(accept_loop(
+            gateway.clone(),
+            listener,
+            index,
+            tracker.clone(),
+            stop_rx.clone(),
+        )));
+    }
+    gateway.set_listening();
+    shutdown.await;
+    gateway.start_draining();
+    let _ = stop_tx.send(true);
+    for task in accept_tasks {
+        task.abort();
+    }
+    let grace = gateway
+        .current
+        .load()
+        .runtime
+        .settings
+        .timeouts
+        .shutdown_grace;
+    if tokio::time::timeout(grace, tracker.idle()).await.is_err() {
+        tracing::warn!(
+            open = tracker.open.load(Ordering::Acquire),
+            "shutdown grace elapsed with connections still open"
+        );
+    }
+    // The extra runtimes drop whatever they still serve, and end.
+    let _ = done_tx.send(true);
+    // Keep the access-log lines of the last requests.
+    let log = gateway.access_log.clone();
+    let _ = tokio::task::spawn_blocking(move || {
+        for w in workers {
+            let _ = w.join();
+        }
+        log.flush(Duration::from_secs(1));
+    })
+    .await;
+}
+
+/// One extra worker thread: a current-thread runtime accepting on its
+/// duplicates of the listening sockets until `stop`, kept until `done`.
+fn worker(
+    gateway: Arc<Gateway>,
+    listeners: Vec<std::net::TcpListener>,
+    tracker: Arc<Tracker>,
+    mut stop: watch::Receiver<bool>,
+    mut done: watch::Receiver<bool>,
+) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot build a worker runtime");
+            return;
+        }
+    };
+    runtime.block_on(async move {
+        let mut accept_tasks = Vec::with_capacity(listeners.len());
+        for (index, listener) in listeners.into_iter().enumerate() {
+            match TcpListener::from_std(listener) {
+                Ok(listener) => accept_tasks.push(tokio::spawn(accept_loop(
+                    gateway.clone(),
+                    listener,
+                    index,
+                    tracker.clone(),
+                    stop.clone(),
+                ))),
+                Err(e) => tracing::warn!(error = %e, "worker cannot accept on a listener"),
+            }
+        }
+        let _ = stop.wait_for(|s| *s).await;
+        for task in accept_tasks {
+            task.abort();
+        }
+        let _ = done.wait_for(|d| *d).await;
+    });
+}
+
+async fn accept_loop(
+    gateway: Arc<Gateway>,
+    listener: TcpListener,
+    index: usize,
+    tracker: Arc<Tracker>,
+    stop: watch::Receiver<bool>,
+) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of file descriptors and the like: back off briefly
+                // instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let tracked = tracker.track();
+        let gateway = gateway.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            serve_connection(gateway, stream, peer, index, stop).await;
+            drop(tracked);
+        });
+    }
+}
+
+async fn serve_connection(
+    gateway: Arc<Gateway>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    listener: usize,
+    stop: watch::Receiver<bool>,
+) {
+    let (tls, header_read, max_header_bytes) = {
+        let snap = gateway.current.load();
+        let rt = &snap.runtime;
+        (
+            rt.tls.get(listener).cloned().flatten(),
+            rt.settings.timeouts.header_read,
+            rt.settings.limits.max_header_bytes,
+        )
+    };
+    match tls {
+        Some(config) => {
+            let acceptor = tokio_rustls::TlsAcceptor::from(config);
+            let Ok(Ok(stream)) = tokio::time::timeout(header_read, acceptor.accept(stream)).await
+            else {
+                return;
+            };
+            let h2 = stream.get_ref().1.alpn_protocol() == Some(tls::ALPN_H2);
+            let conn = Conn { peer, tls: true };
+            run_http(
+                gateway,
+                stream,
+                conn,
+                h2,
+                header_read,
+                max_header_bytes,
+                stop,
+            )
+            .await;
+        }
+        None => {
+            let h2 = match tokio::time::timeout(header_read, sniff_h2(&stream)).await {
+                Ok(Ok(h2)) => h2,
+                _ => return,
+            };
+            let conn = Conn { peer, tls: false };
+            run_http(
+                gateway,
+                stream,
+                conn,
+                h2,
+                header_read,
+                max_header_bytes,
+                stop,
+            )
+            .await;
+        }
+    }
+}
+
+/// Whether the client opens with the HTTP/2 preface (prior knowledge).
+async fn sniff_h2(stream: &TcpStream) -> std::io::Result<bool> {
+    let mut buf = [0u8; 24];
+    loop {
+        let n = stream.peek(&mut buf).await?;
+        if n == 0 || buf[..n] != H2_PREFACE[..n] {
+            return Ok(false);
+        }
+        if n == H2_PREFACE.len() {
+            return Ok(true);
+        }
+        // A partial preface: wait for the rest to arrive.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+async fn run_http<I>(
+    gateway: Arc<Gateway>,
+    io: I,
+    conn: Conn,
+    h2: bool,
+    header_read: Duration,
+    max_header_bytes: usize,
+    mut stop: watch::Receiver<bool>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req| {
+        let gateway = gateway.clone();
+        async move { Ok::<_, Infallible>(gateway.handle(conn, req).await) }
+    });
+    let io = TokioIo::new(io);
+    if h2 {
+        let mut builder = http2::Builder::new(TokioExecutor::new());
+        builder
+            .timer(TokioTimer::new())
+            .max_header_list_size(max_header_bytes as u32)
+            .keep_alive_interval(Some(Duration::from_secs(30)));
+        let connection = builder.serve_connection(io, service);
+        tokio::pin!(connection);
+        tokio::select! {
+            _ = connection.as_mut() => return,
+            _ = stop.wait_for(|s| *s) => connection.as_mut().graceful_shutdown(),
+        }
+        let _ = connection.await;
+    } else {
+        let mut builder = http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_read)
+            .max_buf_size(max_header_bytes.max(8192))
+            .keep_alive(true);
+        // No graceful_shutdown on a drain: hyper would drop a request
+        // whose head is half read. The gateway answers every request that
+        // arrives while draining with 503 and `Connection: close`, and an
+        // idle keep-alive connection closes at its header-read timeout.
+        let _ = builder.serve_connection(io, service).with_upgrades().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::path::Path;
+
+    use super::*;
+    use crate::accesslog::AccessLog;
+    use crate::config::{self, LogFormat};
+    use crate::metrics::Metrics;
+    use crate::snapshot::{Lasting, Runtime};
+    use crate::tokens::{TokenHash, TokenIndex, TokenRecord};
+
+    fn gateway() -> Arc<Gateway> {
+        let yaml = "listen:\n  - addr: 127.0.0.1:0\ntokens:\n  source: file\n  path: tokens.yaml\n\
+                    routes:\n  - prefix: /api\n    upstream: http://127.0.0.1:9\n    scopes: [\"*\"]\n";
+        let settings = config::load_str(Path::new("test.yaml"), yaml).unwrap();
+        let lasting = Lasting::new(Metrics::new());
+        let runtime = Runtime::compile(settings, &lasting).unwrap();
+        let log = AccessLog::start(Box::new(std::io::sink()), LogFormat::Json);
+        let gateway = Arc::new(Gateway::new(runtime, lasting, log));
+        let token = TokenRecord::new("t", TokenHash::of(b"secret"), vec!["s".into()]);
+        gateway
+            .current
+            .set_tokens(TokenIndex::build(vec![token]).unwrap());
+        gateway
+    }
+
+    #[tokio::test]
+    async fn an_extra_worker_serves_connections_while_the_callers_runtime_is_blocked() {
+        let gateway = gateway();
+        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve_with_workers(
+            gateway.clone(),
+            vec![listener],
+            1,
+            async {
+                let _ = stop_rx.await;
+            },
+        ));
+        while !gateway.is_ready() {
+            tokio::task::yield_now().await;
+        }
+        // Blocking I/O on the test's only thread: its runtime cannot accept
+        // or answer, so every answer below comes from the extra worker.
+        for _ in 0..3 {
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            s.write_all(b"GET /elsewhere HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            let mut answer = String::new();
+            s.read_to_string(&mut answer).unwrap();
+            assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+        }
+        stop_tx.send(()).unwrap();
+        server.await.unwrap();
+    }
+}

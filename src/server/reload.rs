@@ -1,0 +1,272 @@
+//! Keeping the snapshot fresh: the token loader and SIGHUP config reloads.
+//!
+//! The token loader re-reads its source when the source announces a change
+//! and every `refresh_interval`; before the first success it retries with
+//! backoff. A failed load or config keeps what is serving and says why.
+//! The loader also owns writing `last_used_at` back (every
+//! [`FLUSH_INTERVAL`], and on demand), since it owns the source.
+//! Invariant: only complete, validated results are swapped in, and a
+//! replaced index is freed by the loader, never by a request.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, MissedTickBehavior};
+
+use crate::config::{self, TokenSourceSettings};
+use crate::gateway::Gateway;
+use crate::snapshot::Runtime;
+use crate::tokens::source::{Fingerprint, Loaded};
+use crate::tokens::usage::FLUSH_INTERVAL;
+use crate::tokens::{Source, TokenIndex};
+
+/// First retry delay before any load has succeeded.
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// Change notifications arriving within this window are loaded once.
+const COALESCE: Duration = Duration::from_millis(25);
+/// How often a replaced index still held by a request is checked on.
+const RELEASE_POLL: Duration = Duration::from_millis(50);
+
+/// A request to write usage now, answered with how many tokens were
+/// written or why not.
+type FlushRequest = oneshot::Sender<Result<usize, String>>;
+
+/// The running token loader and the config it was started from.
+struct Loader {
+    settings: TokenSourceSettings,
+    kick: Arc<Notify>,
+    flush: mpsc::Sender<FlushRequest>,
+    task: JoinHandle<()>,
+}
+
+/// Reload control for one gateway.
+pub struct Control {
+    gateway: Arc<Gateway>,
+    config_path: PathBuf,
+    loader: Mutex<Option<Loader>>,
+}
+
+impl Control {
+    pub fn new(gateway: Arc<Gateway>, config_path: PathBuf) -> Arc<Control> {
+        Arc::new(Control {
+            gateway,
+            config_path,
+            loader: Mutex::new(None),
+        })
+    }
+
+    /// Starts (or restarts, if the source settings changed) the token
+    /// loader for the current config; otherwise asks it to load now.
+    pub fn start_tokens(&self) {
+        let settings = self.gateway.current.load().runtime.settings.tokens.clone();
+        let mut loader = self.loader.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(l) = loader.as_ref() {
+            if l.settings == settings {
+                l.kick.notify_one();
+                return;
+            }
+            l.task.abort();
+        }
+        let kick = Arc::new(Notify::new());
+        let (flush, flushes) = mpsc::channel(4);
+        let task = tokio::spawn(load_loop(
+            self.gateway.clone(),
+            settings.clone(),
+            kick.clone(),
+            flushes,
+        ));
+        *loader = Some(Loader {
+            settings,
+            kick,
+            flush,
+            task,
+        });
+    }
+
+    /// Writes every token use not yet written to the source now (as the
+    /// loader does every [`FLUSH_INTERVAL`]); returns how many tokens were
+    /// written. Used on shutdown and by tests.
+    pub async fn flush_usage(&self) -> Result<usize, String> {
+        let flush = self
+            .loader
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|l| l.flush.clone())
+            .ok_or("no token loader is running")?;
+        let (reply, answer) = oneshot::channel();
+        flush
+            .send(reply)
+            .await
+            .map_err(|_| "the token loader has stopped")?;
+        answer.await.map_err(|_| "the token loader has stopped")?
+    }
+
+    /// SIGHUP: reload the config file and the tokens. A config that fails
+    /// to load or compile keeps the running one; the error is returned.
+    pub fn reload(&self) -> Result<(), String> {
+        let settings = config::load(&self.config_path).map_err(|e| e.to_string())?;
+        let gw = &self.gateway;
+        let runtime = Runtime::compile(settings, &gw.lasting)?;
+        gw.access_log.set_format(runtime.settings.log.format);
+        gw.current.set_runtime(runtime);
+        self.start_tokens();
+        tracing::info!(config = %self.config_path.display(), "configuration reloaded");
+        Ok(())
+    }
+}
+
+impl Drop for Control {
+    fn drop(&mut self) {
+        if let Some(l) = self.loader.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            l.task.abort();
+        }
+    }
+}
+
+async fn load_loop(
+    gateway: Arc<Gateway>,
+    settings: TokenSourceSettings,
+    kick: Arc<Notify>,
+    mut flushes: mpsc::Receiver<FlushRequest>,
+) {
+    let source = match Source::open(&settings) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "token source cannot be opened");
+            gateway.lasting.metrics.token_source_up.set(0);
+            // Still answer flush requests, so callers do not wait forever.
+            while let Some(reply) = flushes.recv().await {
+                let _ = reply.send(Err(e.to_string()));
+            }
+            return;
+        }
+    };
+    source.watch(kick.clone());
+    let mut fingerprint = None;
+    let mut backoff = FIRST_BACKOFF;
+    let mut next_load = Instant::now();
+    let mut flush_tick = tokio::time::interval_at(Instant::now() + FLUSH_INTERVAL, FLUSH_INTERVAL);
+    flush_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(next_load) => {}
+            _ = kick.notified() => tokio::time::sleep(COALESCE).await,
+            _ = flush_tick.tick() => {
+                if let Err(error) = flush(&gateway, &source).await {
+                    tracing::warn!(%error, "cannot record token use; will retry");
+                }
+                continue;
+            }
+            Some(reply) = flushes.recv() => {
+                let _ = reply.send(flush(&gateway, &source).await);
+                continue;
+            }
+        }
+        let ok = load_once(&gateway, &source, &mut fingerprint).await;
+        let wait = if ok || gateway.current.load().tokens.is_some() {
+            backoff = FIRST_BACKOFF;
+            settings.refresh_interval
+        } else {
+            let wait = backoff;
+            backoff = (backoff * 2).min(settings.refresh_interval.max(FIRST_BACKOFF));
+            wait
+        };
+        next_load = Instant::now() + wait;
+    }
+}
+
+/// Writes pending token uses to the source.
+async fn flush(gateway: &Gateway, source: &Source) -> Result<usize, String> {
+    let written = gateway
+        .usage
+        .flush(source)
+        .await
+        .map_err(|e| e.to_string())?;
+    if written > 0 {
+        tracing::debug!(tokens = written, "recorded token use");
+    }
+    Ok(written)
+}
+
+/// One load; swaps the index in on success. `fingerprint` is that of the
+/// index serving (if the source takes fingerprints), updated here.
+async fn load_once(
+    gateway: &Gateway,
+    source: &Source,
+    fingerprint: &mut Option<Fingerprint>,
+) -> bool {
+    let metrics = &gateway.lasting.metrics;
+    // Only compare with the fingerprint of an index that is serving.
+    let previous = fingerprint
+        .take()
+        .filter(|_| gateway.current.load().tokens.is_some());
+    match source
+        .load_index(previous.as_ref(), |index| install(gateway, index))
+        .await
+    {
+        Ok(loaded) => {
+            metrics.token_source_up.set(1);
+            metrics.token_reload(true);
+            *fingerprint = match loaded {
+                Loaded::Unchanged => {
+                    tracing::debug!("token source unchanged");
+                    previous
+                }
+                Loaded::Applied(taken) => taken,
+            };
+            true
+        }
+        Err(error) => {
+            metrics.token_source_up.set(0);
+            metrics.token_reload(false);
+            tracing::warn!(%error, "token load failed; keeping the last good index");
+            *fingerprint = previous;
+            false
+        }
+    }
+}
+
+/// Makes `index` the one requests are judged by, and drops limiter and
+/// usage state of tokens that are gone.
+fn install(gateway: &Gateway, index: TokenIndex) {
+    gateway
+        .lasting
+        .metrics
+        .tokens_loaded
+        .set(index.len() as i64);
+    tracing::debug!(tokens = index.len(), "token index loaded");
+    let limiters = &gateway.lasting.limiters;
+    if !limiters.is_empty() {
+        limiters.retain(|id| index.contains_id(id));
+    }
+    if !gateway.usage.is_empty() {
+        gateway.usage.retain(|id| index.contains_id(id));
+    }
+    let replaced = gateway.current.load().tokens.clone();
+    gateway.current.set_tokens(index);
+    if let Some(old) = replaced {
+        tokio::spawn(release(old));
+    }
+}
+
+/// Frees a replaced index once no request holds it any more, on a blocking
+/// thread: dropping a million entries takes tens of milliseconds, which
+/// must not land on whichever request happened to hold the last reference.
+async fn release(mut old: Arc<TokenIndex>) {
+    loop {
+        match Arc::try_unwrap(old) {
+            Ok(index) => {
+                let _ = tokio::task::spawn_blocking(move || drop(index)).await;
+                return;
+            }
+            Err(shared) => {
+                old = shared;
+                tokio::time::sleep(RELEASE_POLL).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,395 @@
+//! `TokenIndex`: the in-memory map from a token's SHA-256 to what the
+//! gateway needs to judge a request made with it.
+//!
+//! Built from a source's records off the request path — one record at a
+//! time, so a source can stream its rows straight in — and swapped in whole
+//! (see `snapshot`). Invariant: an index never holds a plaintext secret, and
+//! looking a token up is one SHA-256 and one hash probe — the digest is
+//! already uniformly distributed, so the table hashes it by taking its
+//! first eight bytes rather than hashing it again.
+//!
+//! Layout, for a million tokens: the entries sit in one `Vec` (exactly
+//! sized, about 180 bytes each) and two `HashTable<u32>`s map a hash or an
+//! id to a position (4 bytes a slot); ids live in shared 64 KiB chunks
+//! rather than one allocation each. A `HashMap<TokenHash, TokenEntry>`
+//! would round up to 2²¹ slots of the full entry at a million tokens.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::net::IpAddr;
+use std::sync::{Arc, OnceLock};
+
+use bytes::BytesMut;
+use hashbrown::hash_table::{Entry, HashTable};
+use http::HeaderValue;
+use ipnet::IpNet;
+
+use super::usage::UsageCell;
+use super::{TokenHash, TokenRecord};
+use crate::config::Rate;
+use crate::ratelimit::TokenLimiter;
+
+/// Size of the shared buffers ids are copied into.
+const ID_CHUNK: usize = 64 * 1024;
+/// Longest id (it goes into a header).
+const MAX_ID_BYTES: usize = 256;
+
+/// The scopes of one or more tokens, shared between tokens with the same set.
+#[derive(Debug)]
+pub struct ScopeSet {
+    pub names: Box<[Box<str>]>,
+    /// Space-separated, for `X-Tollgate-Scopes`.
+    pub header: HeaderValue,
+}
+
+/// What the gateway knows about one token.
+#[derive(Debug)]
+pub struct TokenEntry {
+    hash: TokenHash,
+    /// The token id as a header value (ids are checked to be visible ASCII
+    /// when loaded); cloning it does not allocate.
+    pub id: HeaderValue,
+    pub scopes: Arc<ScopeSet>,
+    pub read_only: bool,
+    pub disabled: bool,
+    /// Unix seconds after which the token is refused.
+    pub expires_at: Option<i64>,
+    pub allowed_ips: Box<[IpNet]>,
+    /// Override of `limits.per_token`.
+    pub rate_limit: Option<Rate>,
+    /// The token's limiter, taken from the registry (which keeps its state
+    /// across reloads) on first use.
+    pub limiter: OnceLock<Arc<TokenLimiter>>,
+    /// When the token was last used, taken from the usage registry (which
+    /// keeps it across reloads until it is written back) on first use.
+    pub usage: OnceLock<Arc<UsageCell>>,
+}
+
+impl TokenEntry {
+    /// The token id as text.
+    pub fn id_str(&self) -> &str {
+        self.id.to_str().unwrap_or("")
+    }
+
+    /// Whether a request from `ip` at unix time `now` may use this token.
+    pub fn is_live(&self, now: i64) -> bool {
+        !self.disabled && self.expires_at.is_none_or(|t| now < t)
+    }
+
+    /// Whether `ip` is in the token's allow-list (an empty list allows all).
+    pub fn allows_ip(&self, ip: IpAddr) -> bool {
+        self.allowed_ips.is_empty() || self.allowed_ips.iter().any(|n| n.contains(&ip))
+    }
+
+    /// Whether the token carries `scope`.
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.scopes.names.iter().any(|s| &**s == scope)
+    }
+}
+
+/// The table hash of a digest: its first eight bytes.
+#[inline]
+fn digest_hash(hash: &TokenHash) -> u64 {
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&hash.0[..8]);
+    u64::from_ne_bytes(first)
+}
+
+/// Every token of one load, by hash and by id.
+#[derive(Debug, Default)]
+pub struct TokenIndex {
+    entries: Vec<TokenEntry>,
+    /// Positions in `entries`, hashed by [`digest_hash`].
+    by_hash: HashTable<u32>,
+    /// Positions in `entries`, hashed by `ids`.
+    by_id: HashTable<u32>,
+    ids: RandomState,
+}
+
+/// A record that cannot go into an index.
+#[derive(Debug, thiserror::Error)]
+#[error("token {id:?}: {problem}")]
+pub struct IndexError {
+    pub id: String,
+    pub problem: String,
+}
+
+impl TokenIndex {
+    /// Builds an index; all-or-nothing. Records were validated by their
+    /// source; this checks what the index itself needs (header-safe ids,
+    /// unique ids and hashes).
+    pub fn build(records: Vec<TokenRecord>) -> Result<TokenIndex, IndexError> {
+        let mut builder = IndexBuilder::with_capacity(records.len());
+        for r in records {
+            builder.push(r)?;
+        }
+        Ok(builder.finish())
+    }
+
+    /// The entry for a presented token's hash.
+    #[inline]
+    pub fn get(&self, hash: &TokenHash) -> Option<&TokenEntry> {
+        let entries = &self.entries;
+        self.by_hash
+            .find(digest_hash(hash), |&i| entries[i as usize].hash == *hash)
+            .map(|&i| &entries[i as usize])
+    }
+
+    /// The entry with this id.
+    pub fn find_id(&self, id: &str) -> Option<&TokenEntry> {
+        let entries = &self.entries;
+        self.by_id
+            .find(self.ids.hash_one(id.as_bytes()), |&i| {
+                entries[i as usize].id.as_bytes() == id.as_bytes()
+            })
+            .map(|&i| &entries[i as usize])
+    }
+
+    /// Whether a token with this id is in the index.
+    pub fn contains_id(&self, id: &str) -> bool {
+        self.find_id(id).is_some()
+    }
+
+    /// Number of entries, disabled and expired ones included.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Every entry, in no particular order.
+    pub fn entries(&self) -> impl Iterator<Item = &TokenEntry> {
+        self.entries.iter()
+    }
+}
+
+/// Builds a [`TokenIndex`] one record at a time, checking as it goes; a
+/// builder that returned an error must be dropped, never finished.
+#[derive(Debug)]
+pub struct IndexBuilder {
+    index: TokenIndex,
+    scope_sets: HashMap<Vec<String>, Arc<ScopeSet>>,
+    /// The chunk ids are being copied into.
+    id_chunk: BytesMut,
+}
+
+impl Default for IndexBuilder {
+    fn default() -> Self {
+        Self::with_capacity(0)
+    }
+}
+
+impl IndexBuilder {
+    /// A builder with room for `n` tokens (a hint; it grows past it).
+    pub fn with_capacity(n: usize) -> Self {
+        IndexBuilder {
+            index: TokenIndex {
+                entries: Vec::with_capacity(n),
+                by_hash: HashTable::with_capacity(n),
+                by_id: HashTable::with_capacity(n),
+                ids: RandomState::new(),
+            },
+            scope_sets: HashMap::new(),
+            id_chunk: BytesMut::new(),
+        }
+    }
+
+    /// Number of records pushed so far.
+    pub fn len(&self) -> usize {
+        self.index.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.index.entries.is_empty()
+    }
+
+    /// Adds one record; refuses an id that cannot be a header value, a
+    /// duplicate id and a duplicate hash.
+    pub fn push(&mut self, r: TokenRecord) -> Result<(), IndexError> {
+        let err = |problem: &str| IndexError {
+            id: r.id.clone(),
+            problem: problem.to_string(),
+        };
+        let index = &mut self.index;
+        let position = u32::try_from(index.entries.len())
+            .ok()
+            .filter(|&p| p < u32::MAX)
+            .ok_or_else(|| err("too many tokens for one index"))?;
+        let id_ok = !r.id.is_empty()
+            && r.id.len() <= MAX_ID_BYTES
+            && r.id.bytes().all(|b| b.is_ascii_graphic());
+        if !id_ok {
+            return Err(err(
+                "the id must be 1 to 256 visible ASCII characters without spaces",
+            ));
+        }
+        let entries = &index.entries;
+        let ids = &index.ids;
+        let id_slot = match index.by_id.entry(
+            ids.hash_one(r.id.as_bytes()),
+            |&i| entries[i as usize].id.as_bytes() == r.id.as_bytes(),
+            |&i| ids.hash_one(entries[i as usize].id.as_bytes()),
+        ) {
+            Entry::Occupied(_) => return Err(err("duplicate id")),
+            Entry::Vacant(slot) => slot,
+        };
+        let hash_slot = match index.by_hash.entry(
+            digest_hash(&r.hash),
+            |&i| entries[i as usize].hash == r.hash,
+            |&i| digest_hash(&entries[i as usize].hash),
+        ) {
+            Entry::Occupied(_) => return Err(err("its hash duplicates another token's")),
+            Entry::Vacant(slot) => slot,
+        };
+        let scopes = match self.scope_sets.get(&r.scopes) {
+            Some(s) => s.clone(),
+            None => {
+                let header = HeaderValue::from_str(&r.scopes.join(" "))
+                    .map_err(|_| err("a scope is not visible ASCII"))?;
+                let set = Arc::new(ScopeSet {
+                    names: r.scopes.iter().map(|s| s.as_str().into()).collect(),
+                    header,
+                });
+                self.scope_sets.insert(r.scopes.clone(), set.clone());
+                set
+            }
+        };
+        // Both slots are taken only once nothing can fail any more.
+        id_slot.insert(position);
+        hash_slot.insert(position);
+        let id = shared_header(&mut self.id_chunk, &r.id);
+        index.entries.push(TokenEntry {
+            hash: r.hash,
+            id,
+            scopes,
+            read_only: r.read_only,
+            disabled: r.disabled,
+            expires_at: r.expires_at.map(|t| t.unix_timestamp()),
+            allowed_ips: r.allowed_ips.into_boxed_slice(),
+            rate_limit: r.rate_limit,
+            limiter: OnceLock::new(),
+            usage: OnceLock::new(),
+        });
+        Ok(())
+    }
+
+    /// The finished index, trimmed to its size.
+    pub fn finish(self) -> TokenIndex {
+        let mut index = self.index;
+        index.entries.shrink_to_fit();
+        index
+    }
+}
+
+/// `id` (checked to be visible ASCII) as a header value whose bytes sit in
+/// a shared chunk: one allocation per 64 KiB of ids, not one per id.
+fn shared_header(chunk: &mut BytesMut, id: &str) -> HeaderValue {
+    if chunk.capacity() - chunk.len() < id.len() {
+        *chunk = BytesMut::with_capacity(ID_CHUNK);
+    }
+    chunk.extend_from_slice(id.as_bytes());
+    HeaderValue::from_maybe_shared(chunk.split().freeze())
+        .expect("ids are checked to be visible ASCII")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(id: &str, secret: &str, scopes: &[&str]) -> TokenRecord {
+        TokenRecord::new(
+            id,
+            TokenHash::of(secret.as_bytes()),
+            scopes.iter().map(|s| s.to_string()).collect(),
+        )
+    }
+
+    #[test]
+    fn lookup_finds_a_token_by_the_hash_of_its_secret() {
+        let idx =
+            TokenIndex::build(vec![rec("a", "s1", &["x"]), rec("b", "s2", &["y", "z"])]).unwrap();
+        let e = idx.get(&TokenHash::of(b"s2")).unwrap();
+        assert_eq!(e.id_str(), "b");
+        assert_eq!(e.scopes.header, "y z");
+        assert!(idx.get(&TokenHash::of(b"s3")).is_none());
+        assert_eq!(idx.len(), 2);
+    }
+
+    #[test]
+    fn lookup_by_id_finds_the_same_entry_as_by_hash() {
+        let idx = TokenIndex::build(vec![rec("a", "s1", &["x"]), rec("b", "s2", &[])]).unwrap();
+        let by_id = idx.find_id("b").unwrap();
+        assert!(std::ptr::eq(by_id, idx.get(&TokenHash::of(b"s2")).unwrap()));
+        assert!(idx.contains_id("a"));
+        assert!(!idx.contains_id("c"));
+        assert!(!idx.contains_id(""));
+    }
+
+    #[test]
+    fn tokens_with_the_same_scopes_share_one_scope_set() {
+        let idx = TokenIndex::build(vec![rec("a", "s1", &["x"]), rec("b", "s2", &["x"])]).unwrap();
+        let a = idx.get(&TokenHash::of(b"s1")).unwrap();
+        let b = idx.get(&TokenHash::of(b"s2")).unwrap();
+        assert!(Arc::ptr_eq(&a.scopes, &b.scopes));
+    }
+
+    #[test]
+    fn duplicate_ids_or_hashes_fail_the_whole_build() {
+        assert!(TokenIndex::build(vec![rec("a", "s1", &[]), rec("a", "s2", &[])]).is_err());
+        let e = TokenIndex::build(vec![rec("a", "s1", &[]), rec("b", "s1", &[])]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "token \"b\": its hash duplicates another token's"
+        );
+        assert!(!e.to_string().contains(&TokenHash::of(b"s1").to_hex()));
+    }
+
+    #[test]
+    fn a_refused_record_leaves_no_trace_in_the_builder() {
+        let mut b = IndexBuilder::default();
+        b.push(rec("a", "s1", &["x"])).unwrap();
+        // Same id, new secret: refused, and its secret must not be findable.
+        assert!(b.push(rec("a", "s2", &["x"])).is_err());
+        // New id, same secret: refused, and its id must not be taken.
+        assert!(b.push(rec("b", "s1", &["x"])).is_err());
+        b.push(rec("b", "s3", &["x"])).unwrap();
+        let idx = b.finish();
+        assert_eq!(idx.len(), 2);
+        assert!(idx.get(&TokenHash::of(b"s2")).is_none());
+        assert_eq!(idx.find_id("b").unwrap().id_str(), "b");
+    }
+
+    #[test]
+    fn an_id_that_cannot_be_a_header_is_refused() {
+        assert!(TokenIndex::build(vec![rec("a b", "s1", &[])]).is_err());
+        assert!(TokenIndex::build(vec![rec("", "s1", &[])]).is_err());
+        assert!(TokenIndex::build(vec![rec(&"x".repeat(257), "s1", &[])]).is_err());
+        assert!(TokenIndex::build(vec![rec(&"x".repeat(256), "s1", &[])]).is_ok());
+    }
+
+    #[test]
+    fn many_ids_spanning_several_chunks_keep_their_own_bytes() {
+        let n = 3 * ID_CHUNK / 20;
+        let records: Vec<_> = (0..n)
+            .map(|i| rec(&format!("token-{i:014}"), &format!("secret-{i}"), &["s"]))
+            .collect();
+        let idx = TokenIndex::build(records).unwrap();
+        assert_eq!(idx.len(), n);
+        for i in [0, 1, n / 2, n - 1] {
+            let e = idx.get(&TokenHash::of(format!("secret-{i}").as_bytes()));
+            assert_eq!(e.unwrap().id_str(), format!("token-{i:014}"));
+        }
+    }
+
+    #[test]
+    fn expiry_and_disabled_make_a_token_dead() {
+        let mut r = rec("a", "s1", &[]);
+        r.expires_at = Some(time::OffsetDateTime::from_unix_timestamp(100).unwrap());
+        let idx = TokenIndex::build(vec![r]).unwrap();
+        let e = idx.get(&TokenHash::of(b"s1")).unwrap();
+        assert!(e.is_live(99));
+        assert!(!e.is_live(100));
+    }
+}

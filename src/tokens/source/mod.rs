@@ -1,0 +1,218 @@
+//! Token sources: where the index is loaded from (§3 file, §4 SQLite and
+//! PostgreSQL), how changes are noticed, and the writes behind
+//! `tollgate token …`.
+//!
+//! Invariant: a load is all-or-nothing — `load` returns every record of a
+//! consistent, fully validated read, or an error; never a partial list.
+
+pub mod file;
+pub mod postgres;
+pub(crate) mod sql;
+pub mod sqlite;
+
+use std::sync::Arc;
+
+use time::OffsetDateTime;
+use tokio::sync::Notify;
+
+use super::{TokenIndex, TokenRecord};
+use crate::config::{SourceKind, TokenSourceSettings};
+
+/// Why a source could not be read or written. Never carries a secret.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+/// A summary of the rows one load read, computed by the database in the
+/// same snapshot: equal fingerprints mean the same rows, so a re-read that
+/// finds the fingerprint unchanged need not read or build anything.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fingerprint(String);
+
+/// What [`Source::load_index`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Loaded {
+    /// The rows are those the given fingerprint was taken of; nothing was
+    /// read beyond the fingerprint and nothing applied.
+    Unchanged,
+    /// A complete, validated index was handed to `apply`; with the
+    /// fingerprint of its rows where the source can take one.
+    Applied(Option<Fingerprint>),
+}
+
+/// A configured token source.
+pub enum Source {
+    File(file::FileSource),
+    Sqlite(sqlite::SqliteSource),
+    Postgres(postgres::PostgresSource),
+}
+
+impl Source {
+    /// Opens the source named by the settings. Does not fail because a
+    /// database is down: connections are made lazily by `load`.
+    pub fn open(settings: &TokenSourceSettings) -> Result<Source, SourceError> {
+        Ok(match &settings.kind {
+            SourceKind::File { path } => Source::File(file::FileSource::new(path.clone())),
+            SourceKind::Sqlite { path } => Source::Sqlite(sqlite::SqliteSource::new(
+                path.clone(),
+                settings.query.clone(),
+            )),
+            SourceKind::Postgres { url } => {
+                let source = postgres::PostgresSource::new(url.clone(), settings.query.clone());
+                source.check_url()?;
+                Source::Postgres(source)
+            }
+        })
+    }
+
+    /// Creates the database table (and on PostgreSQL the notify trigger)
+    /// when missing; run by `tollgate token …` and `tollgate check`. A no-op
+    /// for a file and for a custom query.
+    pub async fn ensure_schema(&self) -> Result<(), SourceError> {
+        match self {
+            Source::File(_) => Ok(()),
+            Source::Sqlite(s) => s.ensure_schema().await,
+            Source::Postgres(s) => s.ensure_schema().await,
+        }
+    }
+
+    /// Stores a new token. Refuses a duplicate id or secret (naming the id,
+    /// never the secret or hash), and a custom-query source.
+    pub async fn create(&self, record: &TokenRecord) -> Result<(), SourceError> {
+        match self {
+            Source::File(s) => s.create(record).await,
+            Source::Sqlite(s) => s.create(record).await,
+            Source::Postgres(s) => s.create(record).await,
+        }
+    }
+
+    /// Every token, for `tollgate token list`; all-or-nothing like `load`.
+    pub async fn list(&self) -> Result<Vec<TokenRecord>, SourceError> {
+        match self {
+            Source::File(s) => s.list().await,
+            Source::Sqlite(s) => s.load().await,
+            Source::Postgres(s) => s.load().await,
+        }
+    }
+
+    /// Disables a token (`disabled` and `updated_at`); an unknown id is an
+    /// error, and so is a custom-query source.
+    pub async fn revoke(&self, id: &str) -> Result<(), SourceError> {
+        match self {
+            Source::File(s) => s.revoke(id).await,
+            Source::Sqlite(s) => s.revoke(id).await,
+            Source::Postgres(s) => s.revoke(id).await,
+        }
+    }
+
+    /// Writes `last_used_at` for these ids in one transaction, never moving
+    /// it backwards. The gateway calls this at most once a minute. A no-op
+    /// for a file and for a custom query (read-only).
+    pub async fn record_use(&self, uses: &[(String, OffsetDateTime)]) -> Result<(), SourceError> {
+        match self {
+            Source::File(_) => Ok(()),
+            Source::Sqlite(s) => s.record_use(uses).await,
+            Source::Postgres(s) => s.record_use(uses).await,
+        }
+    }
+
+    /// Reads every token; all-or-nothing.
+    pub async fn load(&self) -> Result<Vec<TokenRecord>, SourceError> {
+        match self {
+            Source::File(s) => s.load().await,
+            Source::Sqlite(s) => s.load().await,
+            Source::Postgres(s) => s.load().await,
+        }
+    }
+
+    /// Reads every token straight into an index (rows are streamed, not
+    /// collected first) and hands it to `apply`; all-or-nothing: `apply` is
+    /// called with a complete, validated index or not at all. Given the
+    /// fingerprint of the last load, a source that takes fingerprints
+    /// (PostgreSQL) answers [`Loaded::Unchanged`] when the rows are the
+    /// same, without reading them. It takes the new fingerprint after
+    /// `apply`, so that does not delay the new index.
+    pub async fn load_index(
+        &self,
+        previous: Option<&Fingerprint>,
+        apply: impl FnOnce(TokenIndex) + Send,
+    ) -> Result<Loaded, SourceError> {
+        let index = match self {
+            Source::File(s) => TokenIndex::build(s.load().await?)
+                .map_err(|e| SourceError::Invalid(e.to_string()))?,
+            Source::Sqlite(s) => s.load_index().await?,
+            Source::Postgres(s) => return s.load_index(previous, apply).await,
+        };
+        apply(index);
+        Ok(Loaded::Applied(None))
+    }
+
+    /// Starts watching for changes; `changed` is notified on each one.
+    pub fn watch(&self, changed: Arc<Notify>) {
+        match self {
+            Source::File(s) => s.watch(changed),
+            Source::Sqlite(s) => s.watch(changed),
+            Source::Postgres(s) => s.watch(changed),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// Compiles only if the futures callers spawn are `Send`.
+    #[allow(dead_code)]
+    fn futures_are_send(source: &'static Source, settings: &'static crate::config::Settings) {
+        fn send<T: Send>(_: T) {}
+        send(source.load());
+        send(source.load_index(None, drop));
+        send(source.ensure_schema());
+        send(source.record_use(&[]));
+        send(source.list());
+        send(crate::cli::token::run(
+            crate::cli::token::TokenCommand::Hash,
+            settings,
+        ));
+    }
+
+    #[test]
+    fn open_refuses_a_postgres_url_that_does_not_parse() {
+        let settings = TokenSourceSettings {
+            kind: SourceKind::Postgres {
+                url: "postgres://u:pw@host:port/db".into(),
+            },
+            query: None,
+            refresh_interval: Duration::from_secs(5),
+        };
+        assert!(matches!(
+            Source::open(&settings),
+            Err(SourceError::Invalid(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_file_source_has_no_schema_and_records_no_use() {
+        let settings = TokenSourceSettings {
+            kind: SourceKind::File {
+                path: "/nonexistent/tokens.yaml".into(),
+            },
+            query: None,
+            refresh_interval: Duration::from_secs(5),
+        };
+        let source = Source::open(&settings).unwrap();
+        source.ensure_schema().await.unwrap();
+        source
+            .record_use(&[("x".into(), OffsetDateTime::now_utc())])
+            .await
+            .unwrap();
+    }
+}
