@@ -1,0 +1,224 @@
+//! The command line (§1): `check` like `nginx -t`, `explain`, `token hash`.
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+use crate::support::*;
+
+fn tollgate(args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(args)
+        .env_remove("TOLLGATE_CONFIG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+    }
+    drop(child.stdin.take());
+    child.wait_with_output().unwrap()
+}
+
+/// Writes a config (with the standard tokens beside it) and runs `check`.
+fn check(yaml: &str) -> (i32, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    std::fs::write(dir.path().join("tokens.yaml"), tokens_yaml()).unwrap();
+    let out = tollgate(&["check", "-c", path.to_str().unwrap()], None);
+    let stderr =
+        String::from_utf8_lossy(&out.stderr).replace(path.to_str().unwrap(), "gateway.yaml");
+    (
+        out.status.code().unwrap(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        stderr,
+    )
+}
+
+fn base() -> String {
+    gateway_yaml("127.0.0.1:9".parse().unwrap(), "")
+}
+
+/// The 1-based line of the first occurrence of `needle` in `yaml`.
+fn line_of(yaml: &str, needle: &str, nth: usize) -> usize {
+    yaml.lines()
+        .enumerate()
+        .filter(|(_, l)| l.contains(needle))
+        .nth(nth)
+        .unwrap()
+        .0
+        + 1
+}
+
+#[test]
+fn check_prints_a_summary_and_exits_0() {
+    let (code, out, err) = check(&base());
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("routes: 7"), "{out}");
+    assert!(out.contains("tokens: 7"), "{out}");
+    assert!(out.contains("listeners: 127.0.0.1:0"), "{out}");
+}
+
+#[test]
+fn check_names_the_line_and_key_of_an_unknown_key() {
+    let yaml = base().replace(
+        "    strip_prefix: true",
+        "    strip_prefix: true\n    stirp: true",
+    );
+    let (code, _, err) = check(&yaml);
+    assert_eq!(code, 1);
+    let line = line_of(&yaml, "stirp", 0);
+    assert!(
+        err.contains(&format!("gateway.yaml:{line}: routes[4].stirp")),
+        "{err}"
+    );
+}
+
+#[test]
+fn check_refuses_a_yaml_11_boolean() {
+    let yaml = base().replace("    strip_prefix: true", "    strip_prefix: no");
+    let (code, _, err) = check(&yaml);
+    assert_eq!(code, 1);
+    let line = line_of(&yaml, "strip_prefix: no", 0);
+    assert!(
+        err.contains(&format!("gateway.yaml:{line}: routes[4].strip_prefix")),
+        "{err}"
+    );
+}
+
+#[test]
+fn check_refuses_read_only_no_in_the_token_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.yaml");
+    std::fs::write(&path, base()).unwrap();
+    let tokens = tokens_yaml().replace("read_only: true", "read_only: no");
+    std::fs::write(dir.path().join("tokens.yaml"), &tokens).unwrap();
+    let out = tollgate(&["check", "-c", path.to_str().unwrap()], None);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let line = line_of(&tokens, "read_only: no", 0);
+    assert!(
+        err.contains(&format!("tokens.yaml:{line}: tokens[1].read_only")),
+        "{err}"
+    );
+}
+
+#[test]
+fn check_refuses_empty_scopes() {
+    let yaml = base().replacen("scopes: [scope:agent-ui]", "scopes: []", 1);
+    let (code, _, err) = check(&yaml);
+    assert_eq!(code, 1);
+    let line = line_of(&yaml, "scopes: []", 0);
+    assert!(
+        err.contains(&format!("gateway.yaml:{line}: routes[1].scopes")),
+        "{err}"
+    );
+}
+
+#[test]
+fn check_refuses_a_duplicate_prefix_naming_both_entries() {
+    let yaml = base().replace("prefix: /api/v2", "prefix: /api/v1");
+    let (code, _, err) = check(&yaml);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("routes[2].prefix") && err.contains("routes[1]"),
+        "{err}"
+    );
+}
+
+#[test]
+fn check_refuses_a_prefix_ending_in_a_slash() {
+    let yaml = base().replace("prefix: /api/v2", "prefix: /api/v2/");
+    let (code, _, err) = check(&yaml);
+    assert_eq!(code, 1);
+    let line = line_of(&yaml, "prefix: /api/v2/", 0);
+    assert!(
+        err.contains(&format!(
+            "gateway.yaml:{line}: routes[2].prefix: \"/api/v2/\" must not end with \"/\""
+        )),
+        "{err}"
+    );
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let out = tollgate(&["serve", "--bogus"], None);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn token_hash_strips_one_trailing_newline() {
+    let out = tollgate(&["token", "hash"], Some("test\n"));
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+    );
+}
+
+#[test]
+fn explain_says_why_a_read_only_token_may_not_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.yaml");
+    std::fs::write(&path, base()).unwrap();
+    std::fs::write(dir.path().join("tokens.yaml"), tokens_yaml()).unwrap();
+    let c = path.to_str().unwrap();
+    let out = tollgate(
+        &[
+            "explain",
+            "-c",
+            c,
+            "--token-id",
+            "grafana",
+            "POST",
+            "/api/v2/q",
+        ],
+        None,
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("route: /api/v2"), "{text}");
+    assert!(text.contains("403 read_only_token"), "{text}");
+    let out = tollgate(
+        &[
+            "explain",
+            "-c",
+            c,
+            "--token-id",
+            "grafana",
+            "GET",
+            "/api/v2/q",
+        ],
+        None,
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("decision: forward"));
+    let out = tollgate(
+        &["explain", "-c", c, "--anonymous", "GET", "/api/v1/q"],
+        None,
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("401 missing_token"));
+    let out = tollgate(
+        &[
+            "explain",
+            "-c",
+            c,
+            "--token-id",
+            "expired",
+            "GET",
+            "/api/v1/q",
+        ],
+        None,
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("expired") && text.contains("401 invalid_token"),
+        "{text}"
+    );
+}

@@ -1,0 +1,646 @@
+//! Database token sources through the real server and the real
+//! `tollgate token` command: revocation reaching a running gateway, outages
+//! and recovery, a gateway started while the database is down, `last_used_at`,
+//! and the NetBox preset's custom query.
+//!
+//! PostgreSQL tests need `TOLLGATE_TEST_DATABASE_URL` (they print SKIPPED and
+//! pass without it); each works in a schema of its own, dropped at the end.
+//! "The database is down" is a TCP forwarder in front of the shared server
+//! that the test stops and restarts, since the server itself is shared.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::{AbortHandle, JoinHandle};
+
+use crate::support::*;
+
+/// A schema of its own in the test database.
+struct Pg {
+    /// The database URL as given (no schema).
+    base: String,
+    /// The URL with this test's schema as search_path.
+    url: String,
+    schema: String,
+    admin: PgPool,
+}
+
+impl Pg {
+    /// `None` (after a loud line) when no test database is configured.
+    async fn new() -> Option<Pg> {
+        let Ok(base) = std::env::var("TOLLGATE_TEST_DATABASE_URL") else {
+            eprintln!("SKIPPED: TOLLGATE_TEST_DATABASE_URL not set; database tests did not run");
+            return None;
+        };
+        let schema = format!("tg_it_{}", uuid::Uuid::new_v4().simple());
+        let sep = if base.contains('?') { '&' } else { '?' };
+        let url = format!("{base}{sep}options=-csearch_path%3D{schema}&application_name={schema}");
+        let admin = PgPoolOptions::new()
+            .max_connections(2)
+            .connect(&url)
+            .await
+            .expect("cannot connect to TOLLGATE_TEST_DATABASE_URL");
+        sqlx::raw_sql(&format!("CREATE SCHEMA {schema}"))
+            .execute(&admin)
+            .await
+            .unwrap();
+        Some(Pg {
+            base,
+            url,
+            schema,
+            admin,
+        })
+    }
+
+    async fn exec(&self, statement: &str) {
+        sqlx::raw_sql(statement).execute(&self.admin).await.unwrap();
+    }
+
+    /// Where the database server listens.
+    async fn server(&self) -> SocketAddr {
+        let options = PgConnectOptions::from_str(&self.base).unwrap();
+        let host = options.get_host().to_owned();
+        tokio::net::lookup_host((host, options.get_port()))
+            .await
+            .unwrap()
+            .next()
+            .expect("the test database host resolves")
+    }
+
+    /// This test's URL with the server address replaced by `addr`.
+    fn url_via(&self, addr: SocketAddr) -> String {
+        let (scheme, rest) = self.url.split_once("://").unwrap();
+        let end = rest.find(['/', '?']).unwrap_or(rest.len());
+        let (authority, tail) = rest.split_at(end);
+        let user = authority
+            .rsplit_once('@')
+            .map(|(u, _)| format!("{u}@"))
+            .unwrap_or_default();
+        format!("{scheme}://{user}{addr}{tail}")
+    }
+}
+
+impl Drop for Pg {
+    /// Drops the schema, first ending every other connection of this test
+    /// (they carry its schema as application_name): a gateway dropped
+    /// mid-load leaves its connection to a task of the test's runtime,
+    /// which cannot run while this blocks it, and its open transaction
+    /// would make `DROP SCHEMA` wait forever.
+    fn drop(&mut self) {
+        let (url, schema) = (self.url.clone(), self.schema.clone());
+        // On a thread of its own: the test's runtime may be gone or unwinding.
+        let cleanup = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                use sqlx::{Connection, Executor};
+                let mut conn = sqlx::PgConnection::connect(&url).await?;
+                conn.execute(&*format!(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                     WHERE application_name = '{schema}' AND pid <> pg_backend_pid()"
+                ))
+                .await?;
+                conn.execute("SET lock_timeout = '10s'").await?;
+                conn.execute(&*format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+                    .await?;
+                conn.close().await
+            })
+        });
+        if let Ok(Err(error)) = cleanup.join() {
+            eprintln!("could not drop test schema {}: {error}", self.schema);
+        }
+    }
+}
+
+/// A TCP forwarder to the database that can be stopped (the port then
+/// refuses connections and every forwarded connection is cut) and started
+/// again on the same port.
+struct Forwarder {
+    addr: SocketAddr,
+    target: SocketAddr,
+    accept: Option<JoinHandle<()>>,
+    connections: Arc<Mutex<Vec<AbortHandle>>>,
+}
+
+impl Forwarder {
+    /// A forwarder on a free port, not started.
+    async fn reserve(target: SocketAddr) -> Forwarder {
+        let probe = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = probe.local_addr().unwrap();
+        drop(probe);
+        Forwarder {
+            addr,
+            target,
+            accept: None,
+            connections: Arc::default(),
+        }
+    }
+
+    async fn start(&mut self) {
+        assert!(self.accept.is_none(), "already running");
+        let listener = TcpListener::bind(self.addr).await.unwrap();
+        let (target, connections) = (self.target, self.connections.clone());
+        self.accept = Some(tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    continue;
+                };
+                let pipe = tokio::spawn(async move {
+                    if let Ok(mut server) = TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+                connections.lock().unwrap().push(pipe.abort_handle());
+            }
+        }));
+    }
+
+    fn stop(&mut self) {
+        if let Some(accept) = self.accept.take() {
+            accept.abort();
+        }
+        for pipe in self.connections.lock().unwrap().drain(..) {
+            pipe.abort();
+        }
+    }
+}
+
+impl Drop for Forwarder {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The standard gateway config with `tokens` as its token source block.
+fn config_with_tokens(up: SocketAddr, tokens: &str) -> String {
+    let standard = "tokens:\n  source: file\n  path: tokens.yaml\n  refresh_interval: 200ms\n";
+    let config = gateway_yaml(up, "");
+    assert!(
+        config.contains(standard),
+        "gateway_yaml changed its tokens block"
+    );
+    config.replace(standard, tokens)
+}
+
+fn postgres_config(up: SocketAddr, url: &str, refresh: &str) -> String {
+    config_with_tokens(
+        up,
+        &format!("tokens:\n  source: postgres\n  url: \"{url}\"\n  refresh_interval: {refresh}\n"),
+    )
+}
+
+fn sqlite_config(up: SocketAddr, refresh: &str) -> String {
+    config_with_tokens(
+        up,
+        &format!("tokens:\n  source: sqlite\n  path: tokens.db\n  refresh_interval: {refresh}\n"),
+    )
+}
+
+/// Runs the real `tollgate` binary with `-c config`.
+async fn tollgate(config: &Path, args: &[&str]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tollgate"));
+    command.args(args).arg("-c").arg(config);
+    tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap()
+}
+
+/// `tollgate token create --id ID --scope scope:agent-ui`; the secret.
+async fn create(config: &Path, id: &str) -> String {
+    let out = tollgate(
+        config,
+        &["token", "create", "--id", id, "--scope", "scope:agent-ui"],
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "token create: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let secret = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(secret.starts_with("tg_"), "not a secret on stdout");
+    secret
+}
+
+async fn revoke(config: &Path, id: &str) {
+    let out = tollgate(config, &["token", "revoke", id]).await;
+    assert!(
+        out.status.success(),
+        "token revoke: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `tollgate token list --json`, by id.
+async fn list(config: &Path) -> std::collections::HashMap<String, serde_json::Value> {
+    let out = tollgate(config, &["token", "list", "--json"]).await;
+    assert!(
+        out.status.success(),
+        "token list: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    listed
+        .into_iter()
+        .map(|t| (t["id"].as_str().unwrap().to_string(), t))
+        .collect()
+}
+
+async fn status(gw: &Gw, secret: &str) -> u16 {
+    get(gw.addr(), "/api/v1/x", &[&bearer(secret)]).await.status
+}
+
+async fn metrics(gw: &Gw) -> String {
+    String::from_utf8(get(gw.admin(), "/metrics", &[]).await.body).unwrap()
+}
+
+/// Polls `check` every 20 ms until it holds; the time it took, or a panic
+/// naming `what` after `limit`.
+async fn within<F, Fut>(limit: Duration, what: &str, mut check: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    loop {
+        if check().await {
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn wait_ready(gw: &Gw, limit: Duration) {
+    within(limit, "gateway ready", || async {
+        gw.launched.gateway.is_ready()
+    })
+    .await;
+}
+
+/// Waits until the gateway serves an index of `n` tokens.
+async fn wait_tokens(gw: &Gw, n: usize) {
+    within(Duration::from_secs(10), "tokens loaded", || async {
+        let current = gw.launched.gateway.current.load();
+        current.tokens.as_ref().is_some_and(|t| t.len() == n)
+    })
+    .await;
+}
+
+/// The seconds since the epoch of an RFC 3339 time.
+fn unix(rfc3339: &str) -> i64 {
+    time::OffsetDateTime::parse(rfc3339, &time::format_description::well_known::Rfc3339)
+        .unwrap()
+        .unix_timestamp()
+}
+
+fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+#[tokio::test]
+async fn postgres_a_token_created_by_the_cli_works_and_its_revocation_arrives_within_a_second() {
+    let Some(pg) = Pg::new().await else { return };
+    let up = Upstream::start().await;
+    // A long refresh_interval: only the notification can make it in time.
+    let gw = Gw::start_unready(&postgres_config(up.addr, &pg.url, "30s"), "").await;
+    let config = gw.path("gateway.yaml");
+    let secret = create(&config, "ci").await;
+    wait_ready(&gw, Duration::from_secs(10)).await;
+    within(Duration::from_secs(2), "created token accepted", || async {
+        status(&gw, &secret).await == 200
+    })
+    .await;
+    assert_eq!(
+        up.seen().last().unwrap().header("x-tollgate-token-id"),
+        Some("ci")
+    );
+
+    revoke(&config, "ci").await;
+    let delay = within(Duration::from_secs(5), "revoked token refused", || async {
+        status(&gw, &secret).await == 401
+    })
+    .await;
+    assert!(delay < Duration::from_secs(1), "revocation took {delay:?}");
+    eprintln!("postgres revocation reached the gateway in {delay:?}");
+}
+
+#[tokio::test]
+async fn sqlite_a_token_created_by_the_cli_works_and_its_revocation_arrives_within_the_refresh_interval(
+) {
+    let up = Upstream::start().await;
+    let refresh = Duration::from_secs(1);
+    let gw = Gw::start_unready(&sqlite_config(up.addr, "1s"), "").await;
+    let config = gw.path("gateway.yaml");
+    let secret = create(&config, "ci").await;
+    wait_ready(&gw, Duration::from_secs(5)).await;
+    within(Duration::from_secs(2), "created token accepted", || async {
+        status(&gw, &secret).await == 200
+    })
+    .await;
+
+    revoke(&config, "ci").await;
+    let delay = within(Duration::from_secs(5), "revoked token refused", || async {
+        status(&gw, &secret).await == 401
+    })
+    .await;
+    // The file watcher usually beats the periodic re-read by far.
+    assert!(
+        delay <= refresh + Duration::from_millis(250),
+        "revocation took {delay:?}"
+    );
+    eprintln!("sqlite revocation reached the gateway in {delay:?}");
+}
+
+#[tokio::test]
+async fn sqlite_a_corrupt_database_keeps_the_last_good_index_until_it_is_repaired() {
+    let up = Upstream::start().await;
+    let gw = Gw::start_unready(&sqlite_config(up.addr, "200ms"), "").await;
+    let config = gw.path("gateway.yaml");
+    let secret = create(&config, "ci").await;
+    wait_ready(&gw, Duration::from_secs(5)).await;
+    within(Duration::from_secs(2), "created token accepted", || async {
+        status(&gw, &secret).await == 200
+    })
+    .await;
+    let db = gw.path("tokens.db");
+    let good = std::fs::read(&db).unwrap();
+
+    let garbage: Vec<u8> = (0..good.len()).map(|i| (i * 7 % 251) as u8).collect();
+    replace_file(&db, &String::from_utf8_lossy(&garbage));
+    within(Duration::from_secs(3), "source reported down", || async {
+        metrics(&gw).await.contains("tollgate_token_source_up 0")
+    })
+    .await;
+    for _ in 0..3 {
+        assert_eq!(status(&gw, &secret).await, 200, "last good index dropped");
+    }
+    assert_eq!(status(&gw, "tg_unknown").await, 401);
+
+    let repaired = db.with_extension("repaired");
+    std::fs::write(&repaired, &good).unwrap();
+    std::fs::rename(&repaired, &db).unwrap();
+    within(
+        Duration::from_secs(3),
+        "source reported up again",
+        || async { metrics(&gw).await.contains("tollgate_token_source_up 1") },
+    )
+    .await;
+    assert_eq!(status(&gw, &secret).await, 200);
+}
+
+#[tokio::test]
+async fn sqlite_last_used_at_is_written_by_the_flush_and_listed() {
+    let up = Upstream::start().await;
+    let gw = Gw::start_unready(&sqlite_config(up.addr, "1s"), "").await;
+    let config = gw.path("gateway.yaml");
+    let used = create(&config, "used").await;
+    create(&config, "idle").await;
+    wait_tokens(&gw, 2).await;
+    last_used_at_is_recorded(&gw, &config, &used).await;
+}
+
+#[tokio::test]
+async fn postgres_last_used_at_is_written_by_the_flush_and_listed() {
+    let Some(pg) = Pg::new().await else { return };
+    let up = Upstream::start().await;
+    let gw = Gw::start_unready(&postgres_config(up.addr, &pg.url, "30s"), "").await;
+    let config = gw.path("gateway.yaml");
+    let used = create(&config, "used").await;
+    create(&config, "idle").await;
+    wait_tokens(&gw, 2).await;
+    last_used_at_is_recorded(&gw, &config, &used).await;
+    let (stored,): (Option<time::OffsetDateTime>,) =
+        sqlx::query_as("SELECT last_used_at FROM tollgate_tokens WHERE id = 'used'")
+            .fetch_one(&pg.admin)
+            .await
+            .unwrap();
+    assert!(stored.is_some());
+}
+
+/// A request with `used`, then a flush: `token list` shows its last use
+/// (and none for `idle`); a second flush with no new use writes nothing.
+async fn last_used_at_is_recorded(gw: &Gw, config: &Path, used: &str) {
+    assert!(list(config).await["used"]["last_used_at"].is_null());
+    let before = now();
+    assert_eq!(status(gw, used).await, 200);
+    let control = &gw.launched.control;
+    assert_eq!(control.flush_usage().await, Ok(1));
+    assert_eq!(control.flush_usage().await, Ok(0));
+    let listed = list(config).await;
+    let at = unix(
+        listed["used"]["last_used_at"]
+            .as_str()
+            .expect("last use listed"),
+    );
+    assert!(
+        (before..=now()).contains(&at),
+        "last use {at}, request at {before}"
+    );
+    assert!(listed["idle"]["last_used_at"].is_null());
+}
+
+#[tokio::test]
+async fn postgres_outage_keeps_serving_reports_down_and_recovers_with_notifications() {
+    let Some(pg) = Pg::new().await else { return };
+    let mut db = Forwarder::reserve(pg.server().await).await;
+    db.start().await;
+    let up = Upstream::start().await;
+    let gw = Gw::start_unready(&postgres_config(up.addr, &pg.url_via(db.addr), "30s"), "").await;
+    // The CLI talks to the database directly, also while the gateway cannot.
+    let direct = gw.path("direct.yaml");
+    std::fs::write(&direct, postgres_config(up.addr, &pg.url, "30s")).unwrap();
+    let kept = create(&direct, "kept").await;
+    let doomed = create(&direct, "doomed").await;
+    wait_ready(&gw, Duration::from_secs(10)).await;
+    within(Duration::from_secs(3), "tokens loaded", || async {
+        status(&gw, &doomed).await == 200
+    })
+    .await;
+
+    db.stop();
+    within(Duration::from_secs(10), "source reported down", || async {
+        metrics(&gw).await.contains("tollgate_token_source_up 0")
+    })
+    .await;
+    for secret in [&kept, &doomed] {
+        assert_eq!(
+            status(&gw, secret).await,
+            200,
+            "valid token refused during the outage"
+        );
+    }
+    assert!(
+        gw.launched.gateway.is_ready(),
+        "not ready during the outage"
+    );
+    let during = create(&direct, "during").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        status(&gw, &during).await,
+        401,
+        "seen while the database was away"
+    );
+
+    db.start().await;
+    let recovery = within(
+        Duration::from_secs(15),
+        "token created during the outage",
+        || async { status(&gw, &during).await == 200 },
+    )
+    .await;
+    assert!(metrics(&gw).await.contains("tollgate_token_source_up 1"));
+    eprintln!("recovered {recovery:?} after the database came back");
+
+    // The listener is subscribed again: a revocation arrives by notification.
+    revoke(&direct, "doomed").await;
+    let delay = within(Duration::from_secs(5), "revoked token refused", || async {
+        status(&gw, &doomed).await == 401
+    })
+    .await;
+    assert!(
+        delay < Duration::from_secs(1),
+        "revocation after reconnect took {delay:?}"
+    );
+    assert_eq!(status(&gw, &kept).await, 200);
+}
+
+#[tokio::test]
+async fn postgres_a_gateway_started_while_the_database_is_down_answers_not_ready_then_serves() {
+    let Some(pg) = Pg::new().await else { return };
+    let mut db = Forwarder::reserve(pg.server().await).await;
+    let up = Upstream::start().await;
+    let gw = Gw::start_unready(&postgres_config(up.addr, &pg.url_via(db.addr), "30s"), "").await;
+    let direct = gw.path("direct.yaml");
+    std::fs::write(&direct, postgres_config(up.addr, &pg.url, "30s")).unwrap();
+    let secret = create(&direct, "early").await;
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let r = get(gw.addr(), "/api/v1/x", &[&bearer(&secret)]).await;
+    assert_refusal(&r, 503, "not_ready");
+    assert_eq!(get(gw.admin(), "/readyz", &[]).await.status, 503);
+    assert!(metrics(&gw).await.contains("tollgate_token_source_up 0"));
+    assert!(up.seen().is_empty());
+
+    db.start().await;
+    let delay = within(
+        Duration::from_secs(15),
+        "ready after the database came up",
+        || async { get(gw.admin(), "/readyz", &[]).await.status == 200 },
+    )
+    .await;
+    eprintln!("ready {delay:?} after the database came up");
+    assert_eq!(status(&gw, &secret).await, 200);
+}
+
+/// NetBox 4.5's `users_token` (the columns the preset reads, as NetBox's
+/// migrations create them), in the current schema.
+const NETBOX_USERS_TOKEN: &str = include_str!("../fixtures/netbox_users_token.sql");
+
+const NB_WRITE: &str = "0123456789abcdef0123456789abcdef01234567";
+const NB_READ: &str = "1123456789abcdef0123456789abcdef01234567";
+const NB_EXPIRED: &str = "2123456789abcdef0123456789abcdef01234567";
+const NB_DISABLED: &str = "3123456789abcdef0123456789abcdef01234567";
+const NB_ELSEWHERE: &str = "4123456789abcdef0123456789abcdef01234567";
+/// The public key of a v2 token: must never pass as a credential.
+const NB_V2_KEY: &str = "AbCdEfGh01234567";
+
+/// config/examples/netbox.yaml with only the addresses, the database URL
+/// and the refresh interval changed; its query is used as shipped.
+fn netbox_config(up: SocketAddr, url: &str) -> String {
+    let shipped = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("config/examples/netbox.yaml"),
+    )
+    .unwrap();
+    let mut config = shipped;
+    for (from, to) in [
+        (
+            "${DATABASE_URL:-postgres://localhost/netbox}",
+            format!("\"{url}\""),
+        ),
+        ("0.0.0.0:8080", "127.0.0.1:0".into()),
+        ("127.0.0.1:9901", "127.0.0.1:0".into()),
+        ("http://127.0.0.1:8000", format!("http://{up}")),
+        ("refresh_interval: 5s", "refresh_interval: 1s".into()),
+    ] {
+        assert!(config.contains(from), "netbox.yaml no longer has {from:?}");
+        config = config.replace(from, &to);
+    }
+    config
+}
+
+#[tokio::test]
+async fn netbox_preset_reads_users_token_as_it_is_and_follows_its_changes() {
+    let Some(pg) = Pg::new().await else { return };
+    pg.exec(NETBOX_USERS_TOKEN).await;
+    pg.exec(&format!(
+        "INSERT INTO users_token (id, version, enabled, write_enabled, expires, plaintext, \
+           allowed_ips, description, user_id) VALUES
+         (1, 1, true, true, NULL, '{NB_WRITE}', NULL, 'automation', 1),
+         (2, 1, true, false, now() + interval '30 days', '{NB_READ}', '{{127.0.0.0/8}}', '', 1),
+         (3, 1, true, true, now() - interval '1 day', '{NB_EXPIRED}', NULL, '', 1),
+         (4, 1, false, true, NULL, '{NB_DISABLED}', NULL, '', 1),
+         (5, 1, true, true, NULL, '{NB_ELSEWHERE}', '{{10.0.0.0/8,192.168.0.0/16}}', '', 1);
+         INSERT INTO users_token (id, version, enabled, write_enabled, key, pepper_id, \
+           hmac_digest, user_id) VALUES (6, 2, true, true, '{NB_V2_KEY}', 1, '{}', 1);",
+        "0".repeat(64)
+    ))
+    .await;
+    let up = Upstream::start().await;
+    let gw = Gw::start_unready(&netbox_config(up.addr, &pg.url), "").await;
+    wait_ready(&gw, Duration::from_secs(10)).await;
+    let token = |key: &str| format!("Authorization: Token {key}");
+    let post = |key: &'static str| {
+        let addr = gw.addr();
+        async move { request(addr, "POST", "/api/dcim/devices/", &[&token(key)], "{}").await }
+    };
+    let read = |key: &'static str| {
+        let addr = gw.addr();
+        async move { get(addr, "/api/dcim/devices/", &[&token(key)]).await }
+    };
+
+    let r = post(NB_WRITE).await;
+    assert_eq!(r.status, 200, "{}", r.head);
+    let seen = up.only();
+    assert_eq!(
+        (seen.method.as_str(), seen.header("x-tollgate-token-id")),
+        ("POST", Some("nb-1"))
+    );
+    // forward_credentials: NetBox sees its own key again.
+    let forwarded = format!("Token {NB_WRITE}");
+    assert_eq!(seen.header("authorization"), Some(forwarded.as_str()));
+    up.clear();
+
+    assert_eq!(read(NB_READ).await.status, 200);
+    assert_refusal(&post(NB_READ).await, 403, "read_only_token");
+    assert_refusal(&read(NB_EXPIRED).await, 401, "invalid_token");
+    assert_refusal(&read(NB_DISABLED).await, 401, "invalid_token");
+    assert_refusal(&read(NB_ELSEWHERE).await, 403, "ip_not_allowed");
+    assert_refusal(&read(NB_V2_KEY).await, 401, "invalid_token");
+    assert_eq!(
+        up.seen().len(),
+        1,
+        "only the read-only key's GET went through"
+    );
+
+    // Changes made in NetBox arrive within the refresh interval (1 s).
+    pg.exec(
+        "UPDATE users_token SET enabled = false WHERE id = 1; \
+             UPDATE users_token SET write_enabled = true WHERE id = 2",
+    )
+    .await;
+    let delay = within(Duration::from_secs(3), "disabled key refused", || async {
+        read(NB_WRITE).await.status == 401
+    })
+    .await;
+    assert!(delay <= Duration::from_millis(1_250), "took {delay:?}");
+    assert_eq!(post(NB_READ).await.status, 200, "write now enabled");
+}

@@ -1,0 +1,217 @@
+//! SPEC §5 Forwarding and route matching: what the upstream receives.
+
+use crate::support::*;
+
+#[tokio::test]
+async fn prefixes_match_on_segment_boundaries_and_the_longest_wins_whatever_the_order() {
+    let (up, gw) = standard().await;
+    // /api/v1/admin is listed before /api/v1 in the config; a shorter one
+    // listed later must not shadow it, and /api/v1x is no match.
+    assert_eq!(
+        get(gw.addr(), "/api/v1", &[&bearer(AGENT)]).await.status,
+        200
+    );
+    assert_eq!(
+        get(gw.addr(), "/api/v1/", &[&bearer(AGENT)]).await.status,
+        200
+    );
+    assert_refusal(
+        &get(gw.addr(), "/api/v1x", &[&bearer(AGENT)]).await,
+        404,
+        "no_route",
+    );
+    assert_refusal(
+        &get(gw.addr(), "/API/v1/x", &[&bearer(AGENT)]).await,
+        404,
+        "no_route",
+    );
+    assert_refusal(
+        &get(gw.addr(), "/api/v1/admin", &[&bearer(AGENT)]).await,
+        403,
+        "insufficient_scope",
+    );
+    assert_eq!(
+        get(gw.addr(), "/api/v1/administrator", &[&bearer(AGENT)])
+            .await
+            .status,
+        200
+    );
+    assert_eq!(up.seen().len(), 3);
+}
+
+#[tokio::test]
+async fn the_longest_prefix_wins_when_it_is_listed_last() {
+    let up = Upstream::start().await;
+    let config = gateway_yaml(up.addr, "").replace(
+        "  - prefix: /api/v1/admin\n    upstream: http://{up}\n    scopes: [scope:admin]\n",
+        "",
+    );
+    let extra = format!(
+        "  - prefix: /api/v2/private\n    upstream: http://{}\n    scopes: [scope:admin]\n",
+        up.addr
+    );
+    let gw = Gw::start(&format!("{config}{extra}"), &tokens_yaml()).await;
+    assert_refusal(
+        &get(gw.addr(), "/api/v2/private/x", &[&bearer(GRAFANA)]).await,
+        403,
+        "insufficient_scope",
+    );
+    assert_eq!(
+        get(gw.addr(), "/api/v2/public", &[&bearer(GRAFANA)])
+            .await
+            .status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn strip_prefix_sends_the_rest_under_the_upstream_path_and_the_prefix_as_slash() {
+    let (up, gw) = standard().await;
+    get(gw.addr(), "/strip/a/b?q=1", &[&bearer(ADMIN)]).await;
+    get(gw.addr(), "/strip", &[&bearer(ADMIN)]).await;
+    let seen = up.seen();
+    assert_eq!(seen[0].target, "/base/a/b?q=1");
+    assert_eq!(seen[1].target, "/base/");
+}
+
+#[tokio::test]
+async fn spoofed_identity_and_forwarding_headers_are_replaced() {
+    let (up, gw) = standard().await;
+    get(
+        gw.addr(),
+        "/api/v1/x",
+        &[
+            &bearer(AGENT),
+            "X-Tollgate-Token-Id: admin",
+            "x-TOLLGATE-scopes: scope:all",
+            "X-Tollgate-Other: 1",
+            "X-Forwarded-For: 6.6.6.6",
+            "X-Forwarded-Host: evil.example",
+            "X-Forwarded-Proto: https",
+            "Forwarded: for=6.6.6.6",
+            "X-Real-IP: 6.6.6.6",
+        ],
+    )
+    .await;
+    let seen = up.only();
+    assert_eq!(seen.header("x-tollgate-token-id"), Some("agent"));
+    assert_eq!(seen.header("x-tollgate-scopes"), Some("scope:agent-ui"));
+    assert_eq!(seen.header("x-tollgate-other"), None);
+    assert_eq!(seen.headers.get_all("x-forwarded-for").iter().count(), 1);
+    assert_eq!(seen.header("x-forwarded-for"), Some("127.0.0.1"));
+    assert_eq!(seen.header("x-forwarded-host"), Some("gw.test"));
+    assert_eq!(seen.header("x-forwarded-proto"), Some("http"));
+    assert_eq!(seen.header("forwarded"), None);
+    assert_eq!(seen.header("x-real-ip"), None);
+}
+
+#[tokio::test]
+async fn anonymous_requests_carry_no_identity_even_if_the_client_sends_one() {
+    let (up, gw) = standard().await;
+    get(gw.addr(), "/api/v3/x", &["X-Tollgate-Token-Id: admin"]).await;
+    assert_eq!(up.only().header("x-tollgate-token-id"), None);
+}
+
+#[tokio::test]
+async fn hop_by_hop_and_connection_nominated_headers_are_removed() {
+    let (up, gw) = standard().await;
+    get(
+        gw.addr(),
+        "/api/v1/x",
+        &[
+            &bearer(AGENT),
+            "Connection: close, X-Custom, X-Tollgate-Token-Id",
+            "X-Custom: 1",
+            "Keep-Alive: timeout=5",
+            "Proxy-Connection: keep-alive",
+            "TE: trailers",
+            "Trailer: X-T",
+            "Upgrade: h2c",
+            "Proxy-Authorization: Basic Zm9vOmJhcg==",
+            "X-Kept: yes",
+        ],
+    )
+    .await;
+    let seen = up.only();
+    for h in [
+        "x-custom",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "upgrade",
+        "proxy-authorization",
+    ] {
+        assert_eq!(seen.header(h), None, "{h} was forwarded");
+    }
+    assert_eq!(seen.header("x-kept"), Some("yes"));
+    assert_eq!(seen.header("x-tollgate-token-id"), Some("agent"));
+}
+
+#[tokio::test]
+async fn credential_headers_and_underscored_headers_are_not_forwarded() {
+    let (up, gw) = standard().await;
+    get(
+        gw.addr(),
+        "/api/v1/x",
+        &[
+            &format!("xc-token: {AGENT}"),
+            "x_custom: 1",
+            &format!("xc_token: {ADMIN}"),
+        ],
+    )
+    .await;
+    let seen = up.only();
+    assert_eq!(seen.header("x-tollgate-token-id"), Some("agent"));
+    assert_eq!(seen.header("xc-token"), None);
+    assert_eq!(seen.header("x_custom"), None);
+    assert_eq!(seen.header("xc_token"), None);
+}
+
+#[tokio::test]
+async fn an_authorization_header_of_another_scheme_is_removed_too() {
+    let (up, gw) = standard().await;
+    get(
+        gw.addr(),
+        "/api/v3/x",
+        &["Authorization: Basic dXNlcjpwYXNz"],
+    )
+    .await;
+    assert_eq!(up.only().header("authorization"), None);
+}
+
+#[tokio::test]
+async fn the_upstream_host_is_the_upstreams_authority() {
+    let (up, gw) = standard().await;
+    get(gw.addr(), "/api/v1/x", &[&bearer(AGENT)]).await;
+    assert_eq!(up.only().header("host"), Some(up.addr.to_string().as_str()));
+}
+
+#[tokio::test]
+async fn hop_by_hop_headers_of_the_response_are_removed() {
+    let (_up, gw) = standard().await;
+    let r = get(gw.addr(), "/api/v1/x", &[&bearer(AGENT)]).await;
+    assert_eq!(r.header("x-upstream"), Some("yes"));
+    assert_eq!(r.header("x-hop"), None);
+}
+
+#[tokio::test]
+async fn request_bodies_reach_the_upstream_intact() {
+    let (up, gw) = standard().await;
+    let body = "x".repeat(100_000);
+    let r = request(gw.addr(), "POST", "/api/v1/x", &[&bearer(AGENT)], &body).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(up.only().body.len(), 100_000);
+}
+
+#[tokio::test]
+async fn keep_alive_connections_to_the_upstream_are_reused() {
+    let (up, gw) = standard().await;
+    for _ in 0..20 {
+        assert_eq!(
+            get(gw.addr(), "/api/v1/x", &[&bearer(AGENT)]).await.status,
+            200
+        );
+    }
+    assert_eq!(up.connections.load(std::sync::atomic::Ordering::SeqCst), 1);
+}

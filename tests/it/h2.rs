@@ -1,0 +1,104 @@
+//! HTTP/2 from clients on a plain listener (prior knowledge) to an
+//! HTTP/1.1 upstream, and `Upgrade: h2c`, which is never forwarded.
+
+use bytes::Bytes;
+use http::{Request, Version};
+use http_body_util::{Empty, Full};
+use tokio::net::TcpStream;
+
+use crate::support::*;
+use crate::tls::{h2_client, read_answer};
+
+#[tokio::test]
+async fn an_h2_client_by_prior_knowledge_reaches_an_http1_upstream_with_identity_and_forwarded_host(
+) {
+    let (up, gw) = standard().await;
+    let tcp = TcpStream::connect(gw.addr()).await.unwrap();
+    let mut client = h2_client(tcp).await;
+
+    let req = Request::get("http://api.example.test:8080/api/v1/items?page=2&token=x")
+        .header("authorization", format!("Bearer {AGENT}"))
+        .header("x-tollgate-token-id", "forged")
+        .header("x-request-id", "h2-request-1")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let a = read_answer(client.send_request(req).await.unwrap()).await;
+
+    assert_eq!(a.status, 200);
+    assert_eq!(a.version, Version::HTTP_2);
+    assert_eq!(&a.body[..], b"upstream says hi");
+    assert_eq!(a.headers["x-request-id"], "h2-request-1");
+    // The upstream's hop-by-hop headers never reach an HTTP/2 client.
+    assert!(a.headers.get("connection").is_none());
+    assert!(a.headers.get("x-hop").is_none());
+
+    let seen = up.only();
+    assert_eq!(seen.method, "GET");
+    assert_eq!(seen.target, "/api/v1/items?page=2&token=x");
+    assert_eq!(seen.header("x-tollgate-token-id"), Some("agent"));
+    assert_eq!(seen.header("x-tollgate-scopes"), Some("scope:agent-ui"));
+    assert_eq!(
+        seen.header("x-forwarded-host"),
+        Some("api.example.test:8080")
+    );
+    assert_eq!(seen.header("x-forwarded-proto"), Some("http"));
+    assert_eq!(seen.header("x-forwarded-for"), Some("127.0.0.1"));
+    assert_eq!(seen.header("x-request-id"), Some("h2-request-1"));
+    assert_eq!(seen.header("authorization"), None);
+    // An HTTP/1.1 upstream needs a Host: the upstream's own authority.
+    assert_eq!(seen.header("host"), Some(up.addr.to_string().as_str()));
+}
+
+#[tokio::test]
+async fn h2_streams_on_one_connection_are_judged_one_by_one() {
+    let (up, gw) = standard().await;
+    let tcp = TcpStream::connect(gw.addr()).await.unwrap();
+    let mut client = h2_client(tcp).await;
+
+    let post = Request::post("http://gw.test/api/v1/upload")
+        .header("authorization", format!("Bearer {AGENT}"))
+        .body(Full::new(Bytes::from_static(b"h2 body")))
+        .unwrap();
+    let denied = Request::post("http://gw.test/api/v2/query")
+        .header("authorization", format!("Bearer {GRAFANA}"))
+        .body(Full::new(Bytes::from_static(b"nope")))
+        .unwrap();
+    let (ok, refused) = tokio::join!(client.send_request(post), client.send_request(denied));
+    let (ok, refused) = (
+        read_answer(ok.unwrap()).await,
+        read_answer(refused.unwrap()).await,
+    );
+
+    assert_eq!(ok.status, 200);
+    assert_eq!(refused.status, 403);
+    let v: serde_json::Value = serde_json::from_slice(&refused.body).unwrap();
+    assert_eq!(v["error"], "read_only_token");
+    let seen = up.only();
+    assert_eq!(seen.target, "/api/v1/upload");
+    assert_eq!(&seen.body[..], b"h2 body");
+}
+
+#[tokio::test]
+async fn an_h2c_upgrade_is_never_forwarded_and_the_answer_stays_http1() {
+    let (up, gw) = standard().await;
+    let r = raw(
+        gw.addr(),
+        format!(
+            "GET /api/v1/x HTTP/1.1\r\nHost: gw.test\r\nConnection: Upgrade, HTTP2-Settings, close\r\n\
+             Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n{}\r\n\r\n",
+            bearer(AGENT)
+        )
+        .as_bytes(),
+    )
+    .await;
+
+    assert_eq!(r.status, 200, "{}", r.head);
+    assert!(r.head.starts_with("HTTP/1.1 200"), "{}", r.head);
+    assert_eq!(r.header("upgrade"), None);
+    assert_eq!(r.body, b"upstream says hi");
+    let seen = up.only();
+    assert_eq!(seen.header("upgrade"), None);
+    assert_eq!(seen.header("http2-settings"), None);
+    assert_eq!(seen.header("connection"), None);
+    assert_eq!(seen.header("x-tollgate-token-id"), Some("agent"));
+}

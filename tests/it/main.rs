@@ -1,0 +1,18 @@
+//! Integration tests: the real gateway on 127.0.0.1:0 in front of a
+//! recording upstream, asserting both the answer and what the upstream
+//! received.
+
+mod adversarial;
+mod cli;
+mod database;
+mod decisions;
+mod forwarding;
+mod h2;
+mod lifecycle;
+mod limits;
+mod observability;
+mod paths;
+mod scaleout;
+mod support;
+mod tls;
+mod websocket;
