@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# Loads N tokens (default 1,000,000) from PostgreSQL into a release gateway
+# and reports: time from start to ready (/readyz 200), memory after the load
+# (VmRSS, VmHWM from /proc), a revocation's time to reach the gateway (one
+# full reload: NOTIFY, fingerprint, re-read, rebuild, swap) with the peak
+# memory during it, memory once the old index is freed, and what a periodic
+# refresh that finds nothing changed costs.
+#
+#   cargo build --release --bin tollgate
+#   bench/load_tokens.sh [N]
+#
+# Environment: DATABASE_URL (default postgres://postgres@127.0.0.1:5432/test),
+# TOLLGATE (default target/release/tollgate), KEEP=1 to reuse a filled
+# schema from an earlier run. Works in the schema `tollgate_bench`, which it
+# drops and refills (unless KEEP=1). Needs psql and curl.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+n=${1:-1000000}
+db=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}
+bin=${TOLLGATE:-target/release/tollgate}
+schema=tollgate_bench
+sep='?'; [[ $db == *\?* ]] && sep='&'
+url="$db${sep}options=-csearch_path%3D$schema"
+
+work=$(mktemp -d)
+pid=
+cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; rm -rf "$work"; }
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+data_port=$(free_port)
+admin_port=$(free_port)
+
+cat >"$work/gateway.yaml" <<EOF
+listen:
+  - addr: 127.0.0.1:$data_port
+admin:
+  addr: 127.0.0.1:$admin_port
+log:
+  level: warn
+  access: false
+tokens:
+  source: postgres
+  url: "$url"
+  refresh_interval: 10s
+routes:
+  - prefix: /api
+    upstream: http://127.0.0.1:9
+    scopes: [scope:a]
+EOF
+
+now() { date +%s.%N; }
+ms() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.0f", (b - a) * 1000 }'; }
+mem() { awk '/^(VmRSS|VmHWM)/ { printf "%s %.0f MiB  ", $1, $2 / 1024 }' "/proc/$pid/status"; echo; }
+cpu() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.0f", ($14 + $15) * 1000 / hz }' "/proc/$pid/stat"; }
+status() { curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $1" "http://127.0.0.1:$data_port/api/x"; }
+
+if [ -z "${KEEP:-}" ]; then
+  psql "$db" -q -v ON_ERROR_STOP=1 -c "DROP SCHEMA IF EXISTS $schema CASCADE" -c "CREATE SCHEMA $schema"
+  "$bin" check -c "$work/gateway.yaml" >/dev/null   # creates the table and trigger
+  t0=$(now)
+  psql "$url" -q -v ON_ERROR_STOP=1 <<SQL
+INSERT INTO tollgate_tokens (id, sha256, scopes, read_only, expires_at, created_at, updated_at)
+SELECT 'bench-' || i,
+       encode(sha256(convert_to('secret-' || i, 'UTF8')), 'hex'),
+       (ARRAY['scope:a', 'scope:a scope:b', 'scope:b', 'scope:all'])[1 + i % 4],
+       i % 3 = 0,
+       CASE WHEN i % 10 = 0 THEN now() + interval '365 days' END,
+       now(), now()
+  FROM generate_series(1, $n) AS i;
+ANALYZE tollgate_tokens;
+SQL
+  echo "filled $n rows in $(ms "$t0" "$(now)") ms"
+fi
+echo "rows: $(psql "$url" -Atc 'SELECT count(*) FROM tollgate_tokens')"
+
+t0=$(now)
+"$bin" serve -c "$work/gateway.yaml" 2>"$work/stderr" &
+pid=$!
+until [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$admin_port/readyz")" = 200 ]; do
+  kill -0 "$pid" 2>/dev/null || { cat "$work/stderr"; exit 1; }
+  sleep 0.02
+done
+echo "ready after $(ms "$t0" "$(now)") ms (gateway CPU: $(cpu) ms; load average: $(cut -d' ' -f1 /proc/loadavg))"
+echo -n "after load:    "; mem
+echo "known token: $(status secret-4) (502: accepted, no upstream), unknown: $(status nope)"
+
+# One revocation: a full reload. Reset VmHWM first (clear_refs 5) to see
+# the peak of the reload alone.
+echo 5 >"/proc/$pid/clear_refs" 2>/dev/null || echo "(cannot reset VmHWM; the peak below is the lifetime peak)"
+psql "$url" -q -c "UPDATE tollgate_tokens SET disabled = true, updated_at = now() WHERE id = 'bench-4'"
+t0=$(now)
+until [ "$(status secret-4)" = 401 ]; do sleep 0.02; done
+echo "revocation applied after $(ms "$t0" "$(now)") ms"
+echo -n "during reload: "; mem
+sleep 2
+echo -n "2 s later:     "; mem
+
+# Periodic refreshes (every 10 s) that find nothing changed.
+echo 5 >"/proc/$pid/clear_refs" 2>/dev/null || true
+cpu0=$(cpu)
+sleep 21
+echo "two unchanged refreshes: $(( $(cpu) - cpu0 )) ms gateway CPU in 21 s"
+echo -n "after them:    "; mem
+curl -s "http://127.0.0.1:$admin_port/metrics" | grep -E '^tollgate_(tokens_loaded|token_source_up|token_reloads_total)'
