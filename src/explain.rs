@@ -39,8 +39,14 @@ pub fn explain(
             "decision: forward (200 from the upstream, unless rate-limited)"
         )?,
         Err(reject) => {
-            let (status, code, message) = reject.parts();
-            writeln!(out, "decision: {} {code} — {message}", status.as_u16())?;
+            let a = reject.answer();
+            writeln!(
+                out,
+                "decision: {} {} — {}",
+                a.status.as_u16(),
+                a.code,
+                a.message
+            )?;
         }
     }
     Ok(out)

@@ -40,6 +40,31 @@ pub enum Reject {
     GatewayTimeout,
 }
 
+/// What the gateway answers for one kind of refusal.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    /// The `error` field of the body.
+    pub code: &'static str,
+    /// The `message` field of the body: one sentence.
+    pub message: &'static str,
+    /// `{"error":"<code>","message":"<message>"}`.
+    pub body: &'static str,
+}
+
+/// An [`Answer`] whose JSON body is put together by the compiler. Codes and
+/// messages hold no `"` or `\` (a test parses every body).
+macro_rules! answer {
+    ($status:ident, $code:literal, $message:literal) => {
+        Answer {
+            status: StatusCode::$status,
+            code: $code,
+            message: $message,
+            body: concat!("{\"error\":\"", $code, "\",\"message\":\"", $message, "\"}"),
+        }
+    };
+}
+
 /// Who caused a refusal; decides the log level.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cause {
@@ -49,91 +74,84 @@ pub enum Cause {
 }
 
 impl Reject {
-    /// Status, `error` code and the sentence of the JSON body.
-    pub fn parts(&self) -> (StatusCode, &'static str, &'static str) {
+    /// Status, `error` code, message and the JSON body, all fixed when
+    /// compiled: a refusal formats nothing.
+    pub fn answer(&self) -> &'static Answer {
         use Reject::*;
         match self {
-            BadPath => (
-                StatusCode::BAD_REQUEST,
+            BadPath => &answer!(
+                BAD_REQUEST,
                 "bad_path",
-                "The request target is not a canonical origin-form path.",
+                "The request target is not a canonical origin-form path."
             ),
-            AmbiguousCredentials => (
-                StatusCode::BAD_REQUEST,
+            AmbiguousCredentials => &answer!(
+                BAD_REQUEST,
                 "ambiguous_credentials",
-                "The request carries more than one credential.",
+                "The request carries more than one credential."
             ),
-            MethodNotAllowed => (
-                StatusCode::METHOD_NOT_ALLOWED,
+            MethodNotAllowed => &answer!(
+                METHOD_NOT_ALLOWED,
                 "method_not_allowed",
-                "TRACE and CONNECT are not allowed.",
+                "TRACE and CONNECT are not allowed."
             ),
-            NoRoute => (
-                StatusCode::NOT_FOUND,
-                "no_route",
-                "No route matches this path.",
-            ),
-            MissingToken => (
-                StatusCode::UNAUTHORIZED,
+            NoRoute => &answer!(NOT_FOUND, "no_route", "No route matches this path."),
+            MissingToken => &answer!(
+                UNAUTHORIZED,
                 "missing_token",
-                "This route requires an API token.",
+                "This route requires an API token."
             ),
-            InvalidToken => (
-                StatusCode::UNAUTHORIZED,
-                "invalid_token",
-                "The API token is not valid.",
-            ),
-            IpNotAllowed => (
-                StatusCode::FORBIDDEN,
+            InvalidToken => &answer!(UNAUTHORIZED, "invalid_token", "The API token is not valid."),
+            IpNotAllowed => &answer!(
+                FORBIDDEN,
                 "ip_not_allowed",
-                "The token may not be used from this address.",
+                "The token may not be used from this address."
             ),
-            InsufficientScope(_) => (
-                StatusCode::FORBIDDEN,
+            InsufficientScope(_) => &answer!(
+                FORBIDDEN,
                 "insufficient_scope",
-                "The token has none of the scopes this route requires.",
+                "The token has none of the scopes this route requires."
             ),
-            ReadOnlyToken => (
-                StatusCode::FORBIDDEN,
+            ReadOnlyToken => &answer!(
+                FORBIDDEN,
                 "read_only_token",
-                "This request writes and the token is read-only.",
+                "This request writes and the token is read-only."
             ),
-            BodyTooLarge => (
-                StatusCode::PAYLOAD_TOO_LARGE,
+            BodyTooLarge => &answer!(
+                PAYLOAD_TOO_LARGE,
                 "body_too_large",
-                "The request body is larger than this route allows.",
+                "The request body is larger than this route allows."
             ),
-            UriTooLong => (
-                StatusCode::URI_TOO_LONG,
+            UriTooLong => &answer!(
+                URI_TOO_LONG,
                 "uri_too_long",
-                "The request target is too long.",
+                "The request target is too long."
             ),
-            RateLimited { .. } => (
-                StatusCode::TOO_MANY_REQUESTS,
+            RateLimited { .. } => &answer!(
+                TOO_MANY_REQUESTS,
                 "rate_limited",
-                "Too many requests; retry later.",
+                "Too many requests; retry later."
             ),
-            NotReady | Draining => (
-                StatusCode::SERVICE_UNAVAILABLE,
+            NotReady | Draining => &answer!(
+                SERVICE_UNAVAILABLE,
                 "not_ready",
-                "The gateway is not ready to serve requests.",
+                "The gateway is not ready to serve requests."
             ),
-            BadGateway => (
-                StatusCode::BAD_GATEWAY,
+            BadGateway => &answer!(
+                BAD_GATEWAY,
                 "bad_gateway",
-                "The upstream could not be reached.",
+                "The upstream could not be reached."
             ),
-            GatewayTimeout => (
-                StatusCode::GATEWAY_TIMEOUT,
+            GatewayTimeout => &answer!(
+                GATEWAY_TIMEOUT,
                 "gateway_timeout",
-                "The upstream did not answer in time.",
+                "The upstream did not answer in time."
             ),
         }
     }
 
     /// The `error` code, also the `reason` label of metrics.
     pub fn code(&self) -> &'static str {
-        self.parts().1
+        self.answer().code
     }
 
     pub fn cause(&self) -> Cause {
@@ -159,11 +177,11 @@ impl Reject {
     /// Builds the response. `challenges` holds the realm-specific
     /// `WWW-Authenticate` values of the current snapshot.
     pub fn into_response(self, challenges: &Challenges) -> Response<ResponseBody> {
-        let (status, code, message) = self.parts();
-        let body =
-            Bytes::from(serde_json::json!({ "error": code, "message": message }).to_string());
-        let mut resp = Response::new(ResponseBody::full(body));
-        *resp.status_mut() = status;
+        let answer = self.answer();
+        let mut resp = Response::new(ResponseBody::full(Bytes::from_static(
+            answer.body.as_bytes(),
+        )));
+        *resp.status_mut() = answer.status;
         let h = resp.headers_mut();
         h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         match self {
@@ -240,6 +258,39 @@ mod tests {
     async fn body_of(r: Response<ResponseBody>) -> String {
         let b = r.into_body().collect().await.unwrap().to_bytes();
         String::from_utf8(b.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn every_body_is_the_json_of_its_code_and_message() {
+        use Reject::*;
+        let all = [
+            BadPath,
+            AmbiguousCredentials,
+            MethodNotAllowed,
+            NoRoute,
+            MissingToken,
+            InvalidToken,
+            IpNotAllowed,
+            InsufficientScope(HeaderValue::from_static("Bearer")),
+            ReadOnlyToken,
+            BodyTooLarge,
+            UriTooLong,
+            RateLimited { retry_after: 1 },
+            NotReady,
+            Draining,
+            BadGateway,
+            GatewayTimeout,
+        ];
+        for r in all {
+            let a = r.answer();
+            let v: serde_json::Value = serde_json::from_str(a.body).unwrap();
+            assert_eq!(
+                v,
+                serde_json::json!({ "error": a.code, "message": a.message }),
+                "{r:?}"
+            );
+            assert!(a.message.ends_with('.'), "{r:?}");
+        }
     }
 
     #[tokio::test]

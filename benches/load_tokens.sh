@@ -7,7 +7,7 @@
 # refresh that finds nothing changed costs.
 #
 #   cargo build --release --bin tollgate
-#   bench/load_tokens.sh [N]
+#   benches/load_tokens.sh [N]
 #
 # Environment: DATABASE_URL (default postgres://postgres@127.0.0.1:5432/test),
 # TOLLGATE (default target/release/tollgate), KEEP=1 to reuse a filled

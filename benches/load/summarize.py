@@ -1,0 +1,85 @@
+#!/usr/bin/env python3
+"""Summarises a load-harness run (runs.jsonl from run.sh) as Markdown:
+medians with min-max per target and concurrency, then the ratios the
+performance targets are stated in."""
+import json
+import statistics
+import sys
+from collections import defaultdict
+
+runs, env = sys.argv[1], sys.argv[2]
+rows = defaultdict(list)
+soak_conns = None
+for line in open(runs):
+    r = json.loads(line)
+    if "soak_new_upstream_connections" in r:
+        soak_conns = r["soak_new_upstream_connections"]
+    else:
+        rows[(r["target"], r["c"])].append(r)
+
+
+def med(key, target, c):
+    return statistics.median(r[key] for r in rows[(target, c)])
+
+
+def spread(key, target, c, fmt):
+    vals = [r[key] for r in rows[(target, c)]]
+    return f"{fmt(statistics.median(vals))} ({fmt(min(vals))}–{fmt(max(vals))})"
+
+
+def n(v):
+    return f"{v:,.0f}"
+
+
+def us(v):
+    return f"{v:,.0f}"
+
+
+def cpu(v):
+    return f"{v:.1f}"
+
+
+print("```")
+print(open(env).read().rstrip())
+print("```\n")
+print("| target | c | rps | p50 µs | p99 µs | CPU µs/req | non-2xx | socket errors |")
+print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+for (target, c) in sorted(rows, key=lambda k: (k[1], k[0])):
+    rs = rows[(target, c)]
+    print(
+        f"| {target} | {c} | {spread('rps', target, c, n)} | {spread('p50_us', target, c, us)} "
+        f"| {spread('p99_us', target, c, us)} | {spread('cpu_us_per_req', target, c, cpu)} "
+        f"| {sum(r['non2xx'] for r in rs)} | {sum(r['socket_errors'] for r in rs)} |"
+    )
+
+
+def have(*keys):
+    return all(k in rows for k in keys)
+
+
+print("\n| target | measured | goal |")
+print("| --- | --- | --- |")
+if have(("tollgate", 32), ("nginx", 32)):
+    print(f"| rps tollgate / nginx proxy, c=32 | {med('rps', 'tollgate', 32) / med('rps', 'nginx', 32):.2f} | ≥ 1.15 |")
+    print(f"| CPU/req tollgate / nginx proxy, c=32 | {med('cpu_us_per_req', 'tollgate', 32) / med('cpu_us_per_req', 'nginx', 32):.2f} | ≤ 0.85 |")
+if have(("tollgate", 32), ("nginx-auth", 32)):
+    print(f"| rps tollgate / nginx with map auth, c=32 | {med('rps', 'tollgate', 32) / med('rps', 'nginx-auth', 32):.2f} | |")
+if have(("tollgate", 32), ("tollgate-anonymous", 32)):
+    gap = 1 - med("rps", "tollgate", 32) / med("rps", "tollgate-anonymous", 32)
+    print(f"| rps policy route vs anonymous route | {gap * 100:+.1f} % | within 2 % |")
+if have(("tollgate", 1), ("direct", 1)):
+    print(f"| added p50 at c=1 over direct | {med('p50_us', 'tollgate', 1) - med('p50_us', 'direct', 1):.0f} µs | ≤ 35 µs |")
+    print(f"| added p99 at c=1 over direct | {med('p99_us', 'tollgate', 1) - med('p99_us', 'direct', 1):.0f} µs | ≤ 80 µs |")
+if have(("tollgate", 1), ("nginx", 1)):
+    print(f"| nginx proxy's added p50 / p99 at c=1 | {med('p50_us', 'nginx', 1) - med('p50_us', 'direct', 1):.0f} / {med('p99_us', 'nginx', 1) - med('p99_us', 'direct', 1):.0f} µs | |")
+if have(("tollgate", 32), ("tollgate-nolog", 32)):
+    extra = med("cpu_us_per_req", "tollgate", 32) - med("cpu_us_per_req", "tollgate-nolog", 32)
+    print(f"| access log's CPU per request (log on − off), c=32 | {extra:.1f} µs | |")
+for code in ("401", "429"):
+    if have((f"tollgate-{code}", 32), ("tollgate", 32)):
+        print(f"| {code} rate / pass-through rate | {med('rps', f'tollgate-{code}', 32) / med('rps', 'tollgate', 32):.2f} | ≥ 2 |")
+if have(("tollgate-rotate", 32), ("nginx-auth-rotate", 32)):
+    print(f"| rotating 10,000 tokens: tollgate / nginx-auth rps | {med('rps', 'tollgate-rotate', 32) / med('rps', 'nginx-auth-rotate', 32):.2f} | |")
+if ("tollgate-soak", 32) in rows:
+    s = rows[("tollgate-soak", 32)][0]
+    print(f"| soak: non-2xx, socket errors, new upstream connections | {s['non2xx']}, {s['socket_errors']}, {soak_conns} | 0, 0, 0 |")
