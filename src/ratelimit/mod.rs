@@ -52,6 +52,16 @@ fn replenish_interval(rate: crate::config::Rate) -> Duration {
     rate.replenish_interval().max(Duration::from_nanos(1))
 }
 
+/// A rate for tests: `requests` per `per`, `burst` at once.
+#[cfg(test)]
+pub(crate) fn test_rate(requests: u32, per: Duration, burst: u32) -> crate::config::Rate {
+    crate::config::Rate {
+        requests: requests.try_into().unwrap(),
+        per,
+        burst: burst.try_into().unwrap(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -280,18 +280,11 @@ mod tests {
     //! uses its own token ids, so they run in parallel with anything else
     //! on that Redis.
 
-    use std::num::NonZeroU32;
     use std::time::Instant;
 
     use super::*;
 
-    fn rate(requests: u32, per: Duration, burst: u32) -> Rate {
-        Rate {
-            requests: NonZeroU32::new(requests).unwrap(),
-            per,
-            burst: NonZeroU32::new(burst).unwrap(),
-        }
-    }
+    use crate::ratelimit::test_rate as rate;
 
     fn test_url() -> Option<String> {
         let url = std::env::var("TOLLGATE_TEST_REDIS_URL").ok();

@@ -238,19 +238,12 @@ pub fn limited_headers(l: &Limited) -> [(HeaderName, HeaderValue); 4] {
 
 #[cfg(test)]
 mod tests {
-    use std::num::NonZeroU32;
 
     use governor::clock::FakeRelativeClock;
 
     use super::*;
 
-    fn rate(requests: u32, per: Duration, burst: u32) -> Rate {
-        Rate {
-            requests: NonZeroU32::new(requests).unwrap(),
-            per,
-            burst: NonZeroU32::new(burst).unwrap(),
-        }
-    }
+    use crate::ratelimit::test_rate as rate;
 
     /// One request per 10 s, three at once.
     fn slow() -> Rate {

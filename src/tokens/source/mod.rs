@@ -216,3 +216,65 @@ mod tests {
             .unwrap();
     }
 }
+
+/// Behaviour both database sources share, run against each by its tests.
+#[cfg(test)]
+pub(crate) mod shared_tests {
+    use std::time::Duration;
+
+    use super::{sql, Source};
+    use crate::tokens::{TokenHash, TokenRecord};
+
+    pub fn record(id: &str, secret: &str) -> TokenRecord {
+        TokenRecord::new(id, TokenHash::of(secret.as_bytes()), vec!["scope:a".into()])
+    }
+
+    /// Create two tokens, read them back column for column, refuse a
+    /// duplicate id or secret without naming the secret, revoke one.
+    pub async fn create_list_revoke_round_trip(source: &Source) {
+        source.ensure_schema().await.unwrap();
+        let mut full = record("full", "s1");
+        full.read_only = true;
+        full.expires_at = Some(sql::parse_time("2027-01-01T00:00:00Z").unwrap());
+        full.allowed_ips = vec![
+            sql::parse_ip("10.0.0.0/8").unwrap(),
+            sql::parse_ip("::1").unwrap(),
+        ];
+        full.rate_limit = Some(crate::config::Rate {
+            requests: 10.try_into().unwrap(),
+            per: Duration::from_millis(1500),
+            burst: 20.try_into().unwrap(),
+        });
+        full.description = Some("Grafana".into());
+        source.create(&full).await.unwrap();
+        source.create(&record("bare", "s2")).await.unwrap();
+
+        let listed = source.load().await.unwrap();
+        assert_eq!(
+            listed.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+            ["bare", "full"]
+        );
+        let got = &listed[1];
+        assert!(got.created_at.is_some() && got.created_at == got.updated_at);
+        let mut want = full.clone();
+        want.created_at = got.created_at;
+        want.updated_at = got.updated_at;
+        assert_eq!(*got, want);
+
+        let err = source.create(&record("full", "s3")).await.unwrap_err();
+        assert_eq!(err.to_string(), "a token with id \"full\" already exists");
+        let err = source.create(&record("other", "s2")).await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "this secret is already stored as token \"bare\""
+        );
+
+        source.revoke("bare").await.unwrap();
+        let after = source.load().await.unwrap();
+        assert_eq!(after.len(), 2, "a refused create stored nothing");
+        assert!(after[0].disabled && !after[1].disabled);
+        assert!(after[0].updated_at >= after[0].created_at);
+        let err = source.revoke("nope").await.unwrap_err();
+        assert_eq!(err.to_string(), "no token with id \"nope\"");
+    }
+}

@@ -560,6 +560,7 @@ mod tests {
     //! that assert on notifications (which are database-wide) run alone.
 
     use super::*;
+    use crate::tokens::source::shared_tests::{self, record};
     use crate::tokens::TokenHash;
     use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -643,10 +644,6 @@ mod tests {
         }
     }
 
-    fn record(id: &str, secret: &str) -> TokenRecord {
-        TokenRecord::new(id, TokenHash::of(secret.as_bytes()), vec!["scope:a".into()])
-    }
-
     fn t(s: &str) -> OffsetDateTime {
         sql::parse_time(s).unwrap()
     }
@@ -696,52 +693,8 @@ mod tests {
         let Some(db) = TestDb::new(false).await else {
             return;
         };
-        let source = db.source(None);
-        source.ensure_schema().await.unwrap();
-        let mut full = record("full", "s1");
-        full.read_only = true;
-        full.expires_at = Some(t("2027-01-01T00:00:00Z"));
-        full.allowed_ips = vec![
-            sql::parse_ip("10.0.0.0/8").unwrap(),
-            sql::parse_ip("::1").unwrap(),
-        ];
-        full.rate_limit = Some(crate::config::Rate {
-            requests: 10.try_into().unwrap(),
-            per: Duration::from_millis(1500),
-            burst: 20.try_into().unwrap(),
-        });
-        full.description = Some("Grafana".into());
-        source.create(&full).await.unwrap();
-        source.create(&record("bare", "s2")).await.unwrap();
-
-        let listed = source.load().await.unwrap();
-        assert_eq!(
-            listed.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
-            ["bare", "full"]
-        );
-        let got = &listed[1];
-        assert!(got.created_at.is_some() && got.created_at == got.updated_at);
-        let mut want = full.clone();
-        want.created_at = got.created_at;
-        want.updated_at = got.updated_at;
-        assert_eq!(*got, want);
-
-        let err = source.create(&record("full", "s3")).await.unwrap_err();
-        assert_eq!(err.to_string(), "a token with id \"full\" already exists");
-        let err = source.create(&record("other", "s2")).await.unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "this secret is already stored as token \"bare\""
-        );
-
-        source.revoke("bare").await.unwrap();
-        let after = source.load().await.unwrap();
-        assert!(after[0].disabled && !after[1].disabled);
-        assert!(after[0].updated_at >= after[0].created_at);
-        assert_eq!(
-            source.revoke("nope").await.unwrap_err().to_string(),
-            "no token with id \"nope\""
-        );
+        let source = super::super::Source::Postgres(db.source(None));
+        shared_tests::create_list_revoke_round_trip(&source).await;
     }
 
     #[tokio::test]

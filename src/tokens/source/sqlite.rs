@@ -381,6 +381,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tokens::source::shared_tests::{self, record};
     use crate::tokens::TokenHash;
 
     fn temp() -> (tempfile::TempDir, PathBuf) {
@@ -399,10 +400,6 @@ mod tests {
         .unwrap();
         sqlx::raw_sql(statement).execute(&mut conn).await.unwrap();
         conn.close().await.unwrap();
-    }
-
-    fn record(id: &str, secret: &str) -> TokenRecord {
-        TokenRecord::new(id, TokenHash::of(secret.as_bytes()), vec!["scope:a".into()])
     }
 
     #[tokio::test]
@@ -480,54 +477,8 @@ mod tests {
     #[tokio::test]
     async fn create_list_revoke_round_trip() {
         let (_dir, path) = temp();
-        let source = SqliteSource::new(path, None);
-        source.ensure_schema().await.unwrap();
-        let mut full = record("full", "s1");
-        full.read_only = true;
-        full.expires_at = Some(sql::parse_time("2027-01-01T00:00:00Z").unwrap());
-        full.allowed_ips = vec![sql::parse_ip("10.0.0.0/8").unwrap()];
-        full.rate_limit = Some(crate::config::Rate {
-            requests: 10.try_into().unwrap(),
-            per: Duration::from_secs(1),
-            burst: 20.try_into().unwrap(),
-        });
-        full.description = Some("Grafana".into());
-        source.create(&full).await.unwrap();
-        source.create(&record("bare", "s2")).await.unwrap();
-
-        let listed = source.load().await.unwrap();
-        assert_eq!(
-            listed.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
-            ["bare", "full"]
-        );
-        let got = &listed[1];
-        assert!(got.created_at.is_some() && got.created_at == got.updated_at);
-        let mut want = full.clone();
-        want.created_at = got.created_at;
-        want.updated_at = got.updated_at;
-        assert_eq!(*got, want);
-
-        source.revoke("bare").await.unwrap();
-        let after = source.load().await.unwrap();
-        assert!(after[0].disabled && !after[1].disabled);
-        let err = source.revoke("nope").await.unwrap_err();
-        assert_eq!(err.to_string(), "no token with id \"nope\"");
-    }
-
-    #[tokio::test]
-    async fn create_refuses_a_duplicate_id_or_secret_without_naming_it() {
-        let (_dir, path) = temp();
-        let source = SqliteSource::new(path, None);
-        source.ensure_schema().await.unwrap();
-        source.create(&record("a", "secret-1")).await.unwrap();
-        let err = source.create(&record("a", "secret-2")).await.unwrap_err();
-        assert_eq!(err.to_string(), "a token with id \"a\" already exists");
-        let err = source.create(&record("b", "secret-1")).await.unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "this secret is already stored as token \"a\""
-        );
-        assert_eq!(source.load().await.unwrap().len(), 1);
+        let source = super::super::Source::Sqlite(SqliteSource::new(path, None));
+        shared_tests::create_list_revoke_round_trip(&source).await;
     }
 
     #[tokio::test]
