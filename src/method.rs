@@ -9,6 +9,7 @@
 //! upstream framework might honour is compared after decoding, exactly and
 //! case-sensitively. Does no I/O and no allocation.
 
+use crate::target::hex;
 use http::header::UPGRADE;
 use http::{HeaderMap, HeaderName, Method};
 
@@ -156,15 +157,6 @@ impl Iterator for FormDecoded<'_> {
                 Some(b)
             }
         }
-    }
-}
-
-fn hex(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
     }
 }
 
