@@ -9,9 +9,10 @@
 //! upstream framework might honour is compared after decoding, exactly and
 //! case-sensitively. Does no I/O and no allocation.
 
-use crate::target::hex;
 use http::header::UPGRADE;
 use http::{HeaderMap, HeaderName, Method};
+
+use crate::target::hex;
 
 /// `X-HTTP-Method-Override`.
 pub const X_HTTP_METHOD_OVERRIDE: HeaderName = HeaderName::from_static("x-http-method-override");
