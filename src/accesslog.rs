@@ -29,7 +29,7 @@ use crate::config::LogFormat;
 const QUEUE: usize = 64 * 1024;
 
 /// How long the writer lets records gather after writing a batch. Measured
-/// (bench/run.sh, one core): waking the writer per record cost about a
+/// (benches/load/run.sh, one core): waking the writer per record cost about a
 /// tenth of the gateway's CPU time.
 pub const GATHER: Duration = Duration::from_millis(10);
 

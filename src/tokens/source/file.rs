@@ -15,15 +15,16 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use tokio::sync::Notify;
 
-use super::SourceError;
+use super::{Fingerprint, SourceError};
 use crate::config::schema::RateSpec;
 use crate::config::yaml::{self, Report};
 use crate::config::{values, ConfigErrors};
-use crate::tokens::{TokenHash, TokenRecord};
+use crate::tokens::{TokenHash, TokenIndex, TokenRecord};
 
 /// Largest token file accepted; larger deployments belong in a database.
 pub const MAX_FILE_BYTES: usize = 16 << 20;
@@ -104,6 +105,33 @@ impl FileSource {
             let text = read_text(&path)?
                 .ok_or_else(|| unavailable(&path, io::ErrorKind::NotFound.into()))?;
             Self::parse(&path, &text).map_err(|e| SourceError::Invalid(e.to_string()))
+        })
+        .await
+    }
+
+    /// Reads the file and, unless its bytes are those `previous` was taken
+    /// of, parses it and builds the index — all on a blocking thread, so a
+    /// refresh never parses or hashes on a runtime that serves requests,
+    /// and an unchanged file costs one read and one SHA-256. `None`: the
+    /// file is unchanged.
+    pub async fn load_index(
+        &self,
+        previous: Option<&Fingerprint>,
+    ) -> Result<Option<(TokenIndex, Fingerprint)>, SourceError> {
+        let path = self.path.clone();
+        let previous = previous.cloned();
+        blocking(move || {
+            let text = read_text(&path)?
+                .ok_or_else(|| unavailable(&path, io::ErrorKind::NotFound.into()))?;
+            let fingerprint = Fingerprint(hex::encode(Sha256::digest(text.as_bytes())));
+            if previous.as_ref() == Some(&fingerprint) {
+                return Ok(None);
+            }
+            let records =
+                Self::parse(&path, &text).map_err(|e| SourceError::Invalid(e.to_string()))?;
+            let index =
+                TokenIndex::build(records).map_err(|e| SourceError::Invalid(e.to_string()))?;
+            Ok(Some((index, fingerprint)))
         })
         .await
     }
@@ -737,6 +765,34 @@ mod tests {
 
     fn record(id: &str, secret: &str) -> TokenRecord {
         TokenRecord::new(id, TokenHash::of(secret.as_bytes()), vec!["scope:a".into()])
+    }
+
+    #[tokio::test]
+    async fn an_unchanged_file_is_recognised_by_its_fingerprint_and_not_rebuilt() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = FileSource::new(dir.path().join("tokens.yaml"));
+        std::fs::write(
+            source.path(),
+            "tokens:\n  - { id: a, token: s1, scopes: [x] }\n",
+        )
+        .unwrap();
+        let (index, first) = source.load_index(None).await.unwrap().unwrap();
+        assert_eq!(index.len(), 1);
+        assert!(source.load_index(Some(&first)).await.unwrap().is_none());
+        std::fs::write(
+            source.path(),
+            "tokens:\n  - { id: b, token: s2, scopes: [x] }\n",
+        )
+        .unwrap();
+        let (index, second) = source.load_index(Some(&first)).await.unwrap().unwrap();
+        assert!(index.contains_id("b") && !index.contains_id("a"));
+        assert_ne!(first, second);
+        // An invalid file is an error, not "unchanged".
+        std::fs::write(source.path(), "tokens:\n  - id: c\n").unwrap();
+        assert!(matches!(
+            source.load_index(Some(&second)).await,
+            Err(SourceError::Invalid(_))
+        ));
     }
 
     #[tokio::test]

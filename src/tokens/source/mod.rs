@@ -29,9 +29,10 @@ pub enum SourceError {
     Unsupported(String),
 }
 
-/// A summary of the rows one load read, computed by the database in the
-/// same snapshot: equal fingerprints mean the same rows, so a re-read that
-/// finds the fingerprint unchanged need not read or build anything.
+/// A summary of what one load read — computed by the database in the same
+/// snapshot, or the SHA-256 of a token file's bytes: equal fingerprints mean
+/// the same tokens, so a re-read that finds the fingerprint unchanged need
+/// not parse or build anything.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fingerprint(String);
 
@@ -136,7 +137,8 @@ impl Source {
     /// called with a complete, validated index or not at all. Given the
     /// fingerprint of the last load, a source that takes fingerprints
     /// (PostgreSQL) answers [`Loaded::Unchanged`] when the rows are the
-    /// same, without reading them. It takes the new fingerprint after
+    /// same, without reading them; the file source fingerprints the file's
+    /// bytes. It takes the new fingerprint after
     /// `apply`, so that does not delay the new index.
     pub async fn load_index(
         &self,
@@ -144,8 +146,15 @@ impl Source {
         apply: impl FnOnce(TokenIndex) + Send,
     ) -> Result<Loaded, SourceError> {
         let index = match self {
-            Source::File(s) => TokenIndex::build(s.load().await?)
-                .map_err(|e| SourceError::Invalid(e.to_string()))?,
+            Source::File(s) => {
+                return Ok(match s.load_index(previous).await? {
+                    None => Loaded::Unchanged,
+                    Some((index, fingerprint)) => {
+                        apply(index);
+                        Loaded::Applied(Some(fingerprint))
+                    }
+                });
+            }
             Source::Sqlite(s) => s.load_index().await?,
             Source::Postgres(s) => return s.load_index(previous, apply).await,
         };
