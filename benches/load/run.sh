@@ -6,7 +6,8 @@
 #
 # Starts, on 127.0.0.1:
 #   upstream     nginx `return 200` (the API behind every proxy)
-#   nginx        nginx as a reverse proxy done right: upstream keepalive,
+#   nginx        nginx as a reverse proxy done right: upstream keepalive (an
+#                idle pool of 1024, so -c256 never opens new connections),
 #                proxy_http_version 1.1, Connection "", buffered access log
 #   nginx-auth   the same with a `map` of 10,001 bearer tokens checked
 #   tollgate     the release gateway: auth, scopes, rate limits, access log on
@@ -21,7 +22,9 @@
 #
 # Writes benches/load/results/<UTC time>/{env.txt,runs.jsonl,summary.md} and
 # prints the summary. Needs nginx, wrk, taskset, curl, python3.
-# Environment: ROUNDS (5), DURATION seconds per run (10), SOAK seconds (60),
+# Environment: ROUNDS (5), DURATION seconds per run (10), SOAK seconds (60;
+# 0 skips it), CONNS (the concurrencies, "1 32 256"; the -c32 extras run when
+# it holds 32),
 # PROXY_CORE (0), WRK_CORE (1), TOLLGATE (a binary; default: build release),
 # BASE_PORT (18080), OUT (results directory).
 set -euo pipefail
@@ -32,6 +35,7 @@ cd "$root"
 rounds=${ROUNDS:-5}
 duration=${DURATION:-10}
 soak=${SOAK:-60}
+conns=${CONNS:-1 32 256}
 proxy_core=${PROXY_CORE:-0}
 wrk_core=${WRK_CORE:-1}
 base=${BASE_PORT:-18080}
@@ -103,7 +107,7 @@ $3
 EOF
 }
 proxy_common="
-  upstream api { server 127.0.0.1:$p_up; keepalive 64; keepalive_requests 100000000; }
+  upstream api { server 127.0.0.1:$p_up; keepalive 1024; keepalive_requests 100000000; }
   log_format bench '\$remote_addr \$request_method \$request_uri \$status \$request_time';"
 proxy_pass="
       proxy_http_version 1.1;
@@ -259,12 +263,13 @@ duration=2 run 0 nginx-auth 32 "http://127.0.0.1:$p_auth/api/x" "$bearer" >/dev/
 : >"$out/runs.jsonl"
 
 for round in $(seq 1 "$rounds"); do
-  for c in 1 32 256; do
+  for c in $conns; do
     run "$round" direct "$c" "http://127.0.0.1:$p_up/api/x"
     run "$round" nginx "$c" "http://127.0.0.1:$p_nginx/api/x"
     run "$round" nginx-auth "$c" "http://127.0.0.1:$p_auth/api/x" "$bearer"
     run "$round" tollgate "$c" "$tg/api/x" "$bearer"
   done
+  [[ " $conns " == *" 32 "* ]] || continue
   run "$round" tollgate-anonymous 32 "$tg/open/x"
   run "$round" tollgate-nolog 32 "http://127.0.0.1:$p_quiet/api/x" "$bearer"
   run "$round" tollgate-rotate 32 "$tg/api/x" "" "$work/rotate.lua"
@@ -274,11 +279,13 @@ for round in $(seq 1 "$rounds"); do
 done
 
 # --- soak: new upstream connections while tollgate serves for $soak seconds.
+if [ "$soak" -gt 0 ]; then
 accepts() { curl -fs "http://127.0.0.1:$p_status/" | awk 'NR == 3 {print $1}'; }
 a0=$(accepts)
 duration=$soak run 0 tollgate-soak 32 "$tg/api/x" "$bearer"
 a1=$(accepts)
 # The second status request's own connection is one of the accepts.
 echo "{\"soak_new_upstream_connections\": $((a1 - a0 - 1))}" | tee -a "$out/runs.jsonl"
+fi
 
 python3 "$here/summarize.py" "$out/runs.jsonl" "$out/env.txt" | tee "$out/summary.md"
