@@ -358,7 +358,7 @@ pub fn config(data: &[u8]) {
         // SPEC §6: a token or hash never appears in an error. A value also
         // found in the error for the same text with that value's letters
         // and digits changed is not quoted from it but part of the file
-        // name or the message's own wording (`token:tokens.y` and
+        // name or the message's own wording (`token: tokens.y` and
         // "tokens.yaml:1: …"; `token: found a string` and "expected a
         // mapping, found a string").
         for secret in secret_values(text) {
@@ -400,13 +400,18 @@ fn disguise(value: &str) -> String {
 
 /// Values of `token:` and `sha256:` keys, as written, at least 6 bytes long
 /// and found nowhere else in the text (shorter or repeated ones can appear
-/// in an error by coincidence, e.g. as an id).
+/// in an error by coincidence, e.g. as an id). A key's `:` is followed by
+/// a space, a tab or the line's end: YAML reads `token:x` as one plain
+/// scalar, which may itself be a key and is then rightly named in an
+/// error's key path (SPEC §2), as in `token:e{---:`.
 fn secret_values(text: &str) -> Vec<&str> {
     text.lines()
         .filter_map(|l| {
             let l = l.trim_start().trim_start_matches("- ");
-            l.strip_prefix("token:")
-                .or_else(|| l.strip_prefix("sha256:"))
+            let v = l
+                .strip_prefix("token:")
+                .or_else(|| l.strip_prefix("sha256:"))?;
+            (v.is_empty() || v.starts_with([' ', '\t'])).then_some(v)
         })
         .map(|v| v.trim().trim_matches(['"', '\'']))
         .filter(|v| v.len() >= 6 && text.matches(*v).count() == 1)
