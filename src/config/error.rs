@@ -34,14 +34,32 @@ impl ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.file)?;
+        write!(f, "{}", OneLine(&self.file))?;
         if let Some(line) = self.line {
             write!(f, ":{line}")?;
         }
         if !self.path.is_empty() {
-            write!(f, ": {}", self.path)?;
+            write!(f, ": {}", OneLine(&self.path))?;
         }
-        write!(f, ": {}", self.message)
+        write!(f, ": {}", OneLine(&self.message))
+    }
+}
+
+/// Text with its control characters escaped (`\n`, `\t`, `\u{1b}`), so
+/// an error stays one line (SPEC §1) even when a key in the file holds a
+/// line break, as a multi-line plain or quoted YAML key can.
+struct OneLine<'a>(&'a str);
+
+impl fmt::Display for OneLine<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for c in self.0.chars() {
+            if c.is_control() {
+                write!(f, "{}", c.escape_debug())?;
+            } else {
+                fmt::Write::write_char(f, c)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -87,5 +105,19 @@ mod tests {
         );
         let e = ConfigError::new(Path::new("g.yaml"), None, "routes", "x");
         assert_eq!(e.to_string(), "g.yaml: routes: x");
+    }
+
+    #[test]
+    fn a_key_with_a_line_break_stays_on_one_line() {
+        let e = ConfigError::new(
+            Path::new("g.yaml"),
+            Some(6),
+            "[0].a:_lim\n\n08 scopes[0].te_limit",
+            "nested deeper than 32 levels\r\u{1b}",
+        );
+        assert_eq!(
+            e.to_string(),
+            r"g.yaml:6: [0].a:_lim\n\n08 scopes[0].te_limit: nested deeper than 32 levels\r\u{1b}"
+        );
     }
 }
