@@ -70,7 +70,7 @@ if have(("tollgate", 32), ("tollgate-anonymous", 32)):
 if have(("tollgate", 1), ("direct", 1)):
     print(f"| added p50 at c=1 over direct | {med('p50_us', 'tollgate', 1) - med('p50_us', 'direct', 1):.0f} µs | ≤ 35 µs |")
     print(f"| added p99 at c=1 over direct | {med('p99_us', 'tollgate', 1) - med('p99_us', 'direct', 1):.0f} µs | ≤ 80 µs |")
-if have(("tollgate", 1), ("nginx", 1)):
+if have(("nginx", 1), ("direct", 1)):
     print(f"| nginx proxy's added p50 / p99 at c=1 | {med('p50_us', 'nginx', 1) - med('p50_us', 'direct', 1):.0f} / {med('p99_us', 'nginx', 1) - med('p99_us', 'direct', 1):.0f} µs | |")
 if have(("tollgate", 32), ("tollgate-nolog", 32)):
     extra = med("cpu_us_per_req", "tollgate", 32) - med("cpu_us_per_req", "tollgate-nolog", 32)
