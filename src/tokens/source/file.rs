@@ -102,8 +102,7 @@ impl FileSource {
     pub async fn load(&self) -> Result<Vec<TokenRecord>, SourceError> {
         let path = self.path.clone();
         blocking(move || {
-            let text = read_text(&path)?
-                .ok_or_else(|| unavailable(&path, io::ErrorKind::NotFound.into()))?;
+            let text = read_existing(&path)?;
             Self::parse(&path, &text).map_err(|e| SourceError::Invalid(e.to_string()))
         })
         .await
@@ -121,8 +120,7 @@ impl FileSource {
         let path = self.path.clone();
         let previous = previous.cloned();
         blocking(move || {
-            let text = read_text(&path)?
-                .ok_or_else(|| unavailable(&path, io::ErrorKind::NotFound.into()))?;
+            let text = read_existing(&path)?;
             let fingerprint = Fingerprint(hex::encode(Sha256::digest(text.as_bytes())));
             if previous.as_ref() == Some(&fingerprint) {
                 return Ok(None);
@@ -474,6 +472,11 @@ fn is_change_of(event: &notify::Event, name: &OsStr) -> bool {
 
 /// The file's text, `None` if it does not exist. Reads at most one byte
 /// over the limit so a huge file is refused without reading it whole.
+/// The file's text; a missing file is [`SourceError::Unavailable`].
+fn read_existing(path: &Path) -> Result<String, SourceError> {
+    read_text(path)?.ok_or_else(|| unavailable(path, io::ErrorKind::NotFound.into()))
+}
+
 fn read_text(path: &Path) -> Result<Option<String>, SourceError> {
     let file = match std::fs::File::open(path) {
         Ok(f) => f,

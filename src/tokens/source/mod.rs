@@ -145,21 +145,20 @@ impl Source {
         previous: Option<&Fingerprint>,
         apply: impl FnOnce(TokenIndex) + Send,
     ) -> Result<Loaded, SourceError> {
-        let index = match self {
-            Source::File(s) => {
-                return Ok(match s.load_index(previous).await? {
-                    None => Loaded::Unchanged,
-                    Some((index, fingerprint)) => {
-                        apply(index);
-                        Loaded::Applied(Some(fingerprint))
-                    }
-                });
+        match self {
+            Source::File(s) => Ok(match s.load_index(previous).await? {
+                None => Loaded::Unchanged,
+                Some((index, fingerprint)) => {
+                    apply(index);
+                    Loaded::Applied(Some(fingerprint))
+                }
+            }),
+            Source::Sqlite(s) => {
+                apply(s.load_index().await?);
+                Ok(Loaded::Applied(None))
             }
-            Source::Sqlite(s) => s.load_index().await?,
-            Source::Postgres(s) => return s.load_index(previous, apply).await,
-        };
-        apply(index);
-        Ok(Loaded::Applied(None))
+            Source::Postgres(s) => s.load_index(previous, apply).await,
+        }
     }
 
     /// Starts watching for changes; `changed` is notified on each one.
@@ -232,6 +231,7 @@ pub(crate) mod shared_tests {
     use std::time::Duration;
 
     use super::{sql, Source};
+    use crate::ratelimit::test_rate;
     use crate::tokens::{TokenHash, TokenRecord};
 
     pub fn record(id: &str, secret: &str) -> TokenRecord {
@@ -249,11 +249,7 @@ pub(crate) mod shared_tests {
             sql::parse_ip("10.0.0.0/8").unwrap(),
             sql::parse_ip("::1").unwrap(),
         ];
-        full.rate_limit = Some(crate::config::Rate {
-            requests: 10.try_into().unwrap(),
-            per: Duration::from_millis(1500),
-            burst: 20.try_into().unwrap(),
-        });
+        full.rate_limit = Some(test_rate(10, Duration::from_millis(1500), 20));
         full.description = Some("Grafana".into());
         source.create(&full).await.unwrap();
         source.create(&record("bare", "s2")).await.unwrap();

@@ -688,6 +688,18 @@ mod tests {
         );
     }
 
+    /// The compose demo seeds the table before any gateway has created it,
+    /// so `deploy/compose/init.sql` carries its own copy of the definition:
+    /// it must stay the one the gateway creates.
+    #[test]
+    fn the_compose_seed_creates_the_same_table() {
+        let seed = include_str!("../../../deploy/compose/init.sql");
+        assert!(
+            seed.contains(&format!("{CREATE_TABLE};")),
+            "deploy/compose/init.sql no longer creates tollgate_tokens as CREATE_TABLE does"
+        );
+    }
+
     #[tokio::test]
     async fn create_list_revoke_round_trip() {
         let Some(db) = TestDb::new(false).await else {
