@@ -306,29 +306,35 @@ fn now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
 }
 
-#[tokio::test]
-async fn postgres_a_token_created_by_the_cli_works_and_its_revocation_arrives_within_a_second() {
-    let Some(pg) = Pg::new().await else { return };
-    let up = Upstream::start().await;
-    // A long refresh_interval: only the notification can make it in time.
-    let gw = Gw::start_unready(&postgres_config(up.addr, &pg.url, "30s"), "").await;
+/// Creates token `ci` through the CLI while `gw` waits for its first load,
+/// checks that the gateway then accepts it (the upstream sees its id),
+/// revokes it, and returns how long until the gateway refused it.
+async fn create_use_revoke(gw: &Gw, up: &Upstream, ready_within: Duration) -> Duration {
     let config = gw.path("gateway.yaml");
     let secret = create(&config, "ci").await;
-    wait_ready(&gw, Duration::from_secs(10)).await;
+    wait_ready(gw, ready_within).await;
     within(Duration::from_secs(2), "created token accepted", || async {
-        status(&gw, &secret).await == 200
+        status(gw, &secret).await == 200
     })
     .await;
     assert_eq!(
         up.seen().last().unwrap().header("x-tollgate-token-id"),
         Some("ci")
     );
-
     revoke(&config, "ci").await;
-    let delay = within(Duration::from_secs(5), "revoked token refused", || async {
-        status(&gw, &secret).await == 401
+    within(Duration::from_secs(5), "revoked token refused", || async {
+        status(gw, &secret).await == 401
     })
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn postgres_a_token_created_by_the_cli_works_and_its_revocation_arrives_within_a_second() {
+    let Some(pg) = Pg::new().await else { return };
+    let up = Upstream::start().await;
+    // A long refresh_interval: only the notification can make it in time.
+    let gw = Gw::start_unready(&postgres_config(up.addr, &pg.url, "30s"), "").await;
+    let delay = create_use_revoke(&gw, &up, Duration::from_secs(10)).await;
     assert!(delay < Duration::from_secs(1), "revocation took {delay:?}");
     eprintln!("postgres revocation reached the gateway in {delay:?}");
 }
@@ -339,19 +345,7 @@ async fn sqlite_a_token_created_by_the_cli_works_and_its_revocation_arrives_with
     let up = Upstream::start().await;
     let refresh = Duration::from_secs(1);
     let gw = Gw::start_unready(&sqlite_config(up.addr, "1s"), "").await;
-    let config = gw.path("gateway.yaml");
-    let secret = create(&config, "ci").await;
-    wait_ready(&gw, Duration::from_secs(5)).await;
-    within(Duration::from_secs(2), "created token accepted", || async {
-        status(&gw, &secret).await == 200
-    })
-    .await;
-
-    revoke(&config, "ci").await;
-    let delay = within(Duration::from_secs(5), "revoked token refused", || async {
-        status(&gw, &secret).await == 401
-    })
-    .await;
+    let delay = create_use_revoke(&gw, &up, Duration::from_secs(5)).await;
     // The file watcher usually beats the periodic re-read by far.
     assert!(
         delay <= refresh + Duration::from_millis(250),
