@@ -12,8 +12,9 @@
 #   nginx-auth   the same with a `map` of 10,001 bearer tokens checked
 #   tollgate     the release gateway: auth, scopes, rate limits, access log on
 #                (and a second one with the access log off: tollgate-nolog)
-# and pins the upstream and the proxy under test to one core (PROXY_CORE) and
-# wrk to another (WRK_CORE). Then 5 interleaved rounds of wrk at -c1, -c32
+# and pins the upstream and the proxy under test to one core (PROXY_CORES) and
+# wrk to another (WRK_CORES); LAYOUT=wide puts the upstream on cores 0-3, the
+# proxy on 4-7 and wrk (8 threads) on 8-15, with 4 workers each. Then 5 interleaved rounds of wrk at -c1, -c32
 # and -c256 against each, plus at -c32: tollgate's anonymous route, a run
 # rotating 10,000 tokens (tollgate and nginx-auth), a bad token (401) and an
 # exhausted token (429). Last, a 60 s soak at -c32 through tollgate counting
@@ -25,8 +26,11 @@
 # Environment: ROUNDS (5), DURATION seconds per run (10), SOAK seconds (60;
 # 0 skips it), CONNS (the concurrencies, "1 32 256"; the -c32 extras run when
 # it holds 32),
-# PROXY_CORE (0), WRK_CORE (1), TOLLGATE (a binary; default: build release),
-# BASE_PORT (18080), OUT (results directory).
+# UPSTREAM_CORES (the proxy's), PROXY_CORES (0), WRK_CORES (1), WORKERS (1:
+# nginx worker processes and tollgate runtimes), WRK_THREADS (1; never more
+# than the connections), LAYOUT (wide: the 4 + 4 + 8 layout above), TOLLGATE
+# (a binary; default: build release), BASE_PORT (18080), OUT (results
+# directory).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -36,8 +40,14 @@ rounds=${ROUNDS:-5}
 duration=${DURATION:-10}
 soak=${SOAK:-60}
 conns=${CONNS:-1 32 256}
-proxy_core=${PROXY_CORE:-0}
-wrk_core=${WRK_CORE:-1}
+if [ "${LAYOUT:-}" = wide ]; then
+  : "${UPSTREAM_CORES:=0-3}" "${PROXY_CORES:=4-7}" "${WRK_CORES:=8-15}" "${WORKERS:=4}" "${WRK_THREADS:=8}"
+fi
+proxy_cores=${PROXY_CORES:-0}
+upstream_cores=${UPSTREAM_CORES:-$proxy_cores}
+wrk_cores=${WRK_CORES:-1}
+workers=${WORKERS:-1}
+wrk_threads=${WRK_THREADS:-1}
 base=${BASE_PORT:-18080}
 p_up=$base p_nginx=$((base + 1)) p_auth=$((base + 2)) p_tg=$((base + 3))
 p_admin=$((base + 4)) p_status=$((base + 5)) p_quiet=$((base + 6)) p_admin2=$((base + 7))
@@ -94,7 +104,7 @@ limited_token=$(cat "$work/limited.txt")
 # --- nginx: the upstream, the plain proxy and the proxy with a token map.
 nginx_conf() { # name port body
   cat >"$work/$1.conf" <<EOF
-worker_processes 1;
+worker_processes $workers;
 pid $work/$1.pid;
 error_log $work/$1.error.log warn;
 events { worker_connections 4096; }
@@ -145,8 +155,9 @@ nginx_conf auth "$p_auth" "$proxy_common
       if (\$token_ok = 0) { return 401; }$proxy_pass
     }
   }"
-for conf in upstream nginx auth; do
-  taskset -c "$proxy_core" nginx -e "$work/$conf.error.log" -c "$work/$conf.conf"
+taskset -c "$upstream_cores" nginx -e "$work/upstream.error.log" -c "$work/upstream.conf"
+for conf in nginx auth; do
+  taskset -c "$proxy_cores" nginx -e "$work/$conf.error.log" -c "$work/$conf.conf"
 done
 
 # --- tollgate: auth, scopes, per-token limits (high enough not to bind the
@@ -181,10 +192,10 @@ EOF
 # The same gateway with `log.access: false`, for the access log's cost.
 sed -e "s/:$p_tg\$/:$p_quiet/" -e "s/:$p_admin\$/:$p_admin2/" -e "s/access: true/access: false/" \
   "$work/gateway.yaml" >"$work/quiet.yaml"
-TOLLGATE_WORKERS=1 taskset -c "$proxy_core" "$bin" serve -c "$work/gateway.yaml" \
+TOLLGATE_WORKERS=$workers taskset -c "$proxy_cores" "$bin" serve -c "$work/gateway.yaml" \
   >"$work/tollgate.access.log" 2>"$work/tollgate.log" &
 tg_pid=$!
-TOLLGATE_WORKERS=1 taskset -c "$proxy_core" "$bin" serve -c "$work/quiet.yaml" \
+TOLLGATE_WORKERS=$workers taskset -c "$proxy_cores" "$bin" serve -c "$work/quiet.yaml" \
   >/dev/null 2>"$work/quiet.log" &
 quiet_pid=$!
 for admin in $p_admin $p_admin2; do
@@ -202,24 +213,31 @@ curl -fs -H "Authorization: Bearer $main_token" "http://127.0.0.1:$p_tg/api/x" >
 
 {
   echo "date: $(date -u +%FT%TZ)"
-  echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+  echo "commit: ${COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}"
   echo "cpu: $(lscpu | sed -n 's/^Model name: *//p') x $(nproc)"
   echo "kernel: $(uname -r)"
   echo "nginx: $(nginx -v 2>&1 | sed 's/.*nginx\///')"
   echo "wrk: $(wrk -v 2>&1 | head -n 1 | awk '{print $2}')"
-  echo "rustc: $(rustc -V 2>/dev/null | awk '{print $2}')"
-  echo "pinning: upstream + proxy on core $proxy_core, wrk on core $wrk_core"
+  echo "rustc: ${RUSTC_VERSION:-$(rustc -V 2>/dev/null | awk '{print $2}')}"
+  echo "pinning: upstream on cores $upstream_cores, proxy on cores $proxy_cores, wrk on cores $wrk_cores"
+  echo "workers: $workers per nginx and tollgate; wrk threads: $wrk_threads"
+  echo "proxy_cores: $(taskset -c "$proxy_cores" nproc)"
   echo "rounds: $rounds x ${duration}s, soak ${soak}s"
 } | tee "$out/env.txt"
 
 # --- measurement helpers
+with_workers() { # nginx pid file -> its master and worker process ids
+  local m
+  m=$(cat "$1")
+  echo "$m" $(awk -v m="$m" '$4 == m { print $1 }' /proc/[0-9]*/stat 2>/dev/null)
+}
 pids_of() { # target -> the process ids whose CPU time is the proxy's
   case $1 in
     tollgate-nolog) echo "$quiet_pid" ;;
     tollgate*) echo "$tg_pid" ;;
-    nginx-auth*) local m; m=$(cat "$work/auth.pid"); echo "$m $(pgrep -P "$m" | tr '\n' ' ')" ;;
-    nginx*) local m; m=$(cat "$work/nginx.pid"); echo "$m $(pgrep -P "$m" | tr '\n' ' ')" ;;
-    direct) local m; m=$(cat "$work/upstream.pid"); echo "$m $(pgrep -P "$m" | tr '\n' ' ')" ;;
+    nginx-auth*) with_workers "$work/auth.pid" ;;
+    nginx*) with_workers "$work/nginx.pid" ;;
+    direct) with_workers "$work/upstream.pid" ;;
   esac
 }
 cpu_ticks() { # pids... -> utime + stime, in clock ticks
@@ -240,9 +258,9 @@ run() { # round target conns url [header] [script]
   local pids before after line
   read -r -a pids <<<"$(pids_of "$target")"
   before=$(cpu_ticks "${pids[@]}")
-  local args=(-t1 "-c$conns" "-d${duration}s" --latency -s "$script")
+  local args=("-t$((conns < wrk_threads ? conns : wrk_threads))" "-c$conns" "-d${duration}s" --latency -s "$script")
   [ -n "$header" ] && args+=(-H "$header")
-  line=$(taskset -c "$wrk_core" wrk "${args[@]}" "$url" | grep '^{"requests"')
+  line=$(taskset -c "$wrk_cores" wrk "${args[@]}" "$url" | grep '^{"requests"')
   after=$(cpu_ticks "${pids[@]}")
   python3 - "$line" "$round" "$target" "$conns" "$((after - before))" "$hz" <<'PY' | tee -a "$out/runs.jsonl"
 import json, sys

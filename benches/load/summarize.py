@@ -39,8 +39,14 @@ def cpu(v):
     return f"{v:.1f}"
 
 
+env_text = open(env).read().rstrip()
+proxy_cores = 1
+for line in env_text.splitlines():
+    if line.startswith("proxy_cores:"):
+        proxy_cores = int(line.split(":")[1])
+
 print("```")
-print(open(env).read().rstrip())
+print(env_text)
 print("```\n")
 print("| target | c | rps | p50 µs | p99 µs | CPU µs/req | non-2xx | socket errors |")
 print("| --- | --- | --- | --- | --- | --- | --- | --- |")
@@ -80,6 +86,10 @@ for code in ("401", "429"):
         print(f"| {code} rate / pass-through rate | {med('rps', f'tollgate-{code}', 32) / med('rps', 'tollgate', 32):.2f} | ≥ 2 |")
 if have(("tollgate-rotate", 32), ("nginx-auth-rotate", 32)):
     print(f"| rotating 10,000 tokens: tollgate / nginx-auth rps | {med('rps', 'tollgate-rotate', 32) / med('rps', 'nginx-auth-rotate', 32):.2f} | |")
+for c in (32, 256):
+    if have(("tollgate", c), ("nginx", c), ("nginx-auth", c)):
+        per_core = " / ".join(n(med("rps", t, c) / proxy_cores) for t in ("tollgate", "nginx", "nginx-auth"))
+        print(f"| rps per proxy core ({proxy_cores}), c={c}: tollgate / nginx proxy / nginx + map auth | {per_core} | |")
 if ("tollgate-soak", 32) in rows:
     s = rows[("tollgate-soak", 32)][0]
     print(f"| soak: non-2xx, socket errors, new upstream connections | {s['non2xx']}, {s['socket_errors']}, {soak_conns} | 0, 0, 0 |")
