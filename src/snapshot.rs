@@ -36,6 +36,9 @@ pub struct Route {
     pub scope_challenge: HeaderValue,
     pub anonymous_read: bool,
     pub strip_prefix: bool,
+    /// `Host` as sent upstream (the upstream's own, as a client would send it).
+    pub host: HeaderValue,
+    pub connect_timeout: Duration,
     pub response_timeout: Duration,
     pub max_body_bytes: Option<u64>,
     /// The pooled client for this route's upstream (shared across routes
@@ -83,7 +86,11 @@ impl Runtime {
             let client = upstreams
                 .client(settings.timeouts.upstream_connect, r.upstream_ca.as_deref())
                 .map_err(|e| format!("routes[{index}].upstream_ca: {e}"))?;
+            let host = crate::proxy::host_header(&scheme, &authority)
+                .map_err(|e| format!("routes[{index}].upstream: {e}"))?;
             let route = Route {
+                host,
+                connect_timeout: settings.timeouts.upstream_connect,
                 prefix: r.prefix.as_str().into(),
                 index,
                 scheme,

@@ -1,21 +1,26 @@
 //! Forwarding: the pooled upstream clients and the one step of a request
 //! that does I/O.
 //!
-//! One `hyper_util` client per distinct (connect timeout, CA bundle) is
-//! shared by every route and connection and survives reloads, so upstream
-//! keep-alive connections are reused. Both legs set `TCP_NODELAY`.
+//! Plain `http` upstreams are reached through each worker's own pool of
+//! HTTP/1.1 connections (`pool`). For `https` upstreams and WebSocket
+//! upgrades, one `hyper_util` client per distinct (connect timeout, CA
+//! bundle) is shared by every route and connection. Both kinds of pool
+//! survive reloads, so upstream keep-alive connections are reused. Both
+//! legs set `TCP_NODELAY`.
 //! Invariant: bodies stream both ways; nothing here buffers a body.
 
 pub mod body;
 pub mod headers;
+mod pool;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use http::uri::PathAndQuery;
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::header::HOST;
+use http::uri::{PathAndQuery, Scheme};
+use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -30,7 +35,7 @@ pub type Client = hyper_util::client::legacy::Client<HttpsConnector<HttpConnecto
 
 /// Idle upstream connections are closed before common upstream keep-alive
 /// timeouts (nginx 75 s) so a reused connection is rarely stale.
-const POOL_IDLE: Duration = Duration::from_secs(50);
+pub(crate) const POOL_IDLE: Duration = Duration::from_secs(50);
 
 /// What makes two upstream clients differ: connect timeout and CA bundle.
 type ClientKey = (Duration, Option<PathBuf>);
@@ -115,6 +120,20 @@ fn tls_client_config(ca: Option<(&Path, &[u8])>) -> Result<rustls::ClientConfig,
         .with_no_client_auth())
 }
 
+/// The `Host` an upstream at `authority` is sent: its host, and its port
+/// unless the scheme's default (as `hyper_util`'s client writes it).
+pub fn host_header(
+    scheme: &Scheme,
+    authority: &http::uri::Authority,
+) -> Result<HeaderValue, String> {
+    let default_port = if *scheme == Scheme::HTTPS { 443 } else { 80 };
+    let host = match authority.port_u16() {
+        Some(port) if port != default_port => format!("{}:{port}", authority.host()),
+        _ => authority.host().to_string(),
+    };
+    HeaderValue::from_str(&host).map_err(|e| format!("{host}: {e}"))
+}
+
 /// The upstream URI for a canonical path and the untouched query.
 pub fn upstream_uri(route: &Route, path: &str, query: Option<&str>) -> Result<Uri, Reject> {
     let path = if route.strip_prefix {
@@ -148,13 +167,21 @@ pub async fn forward(
     websocket: Option<hyper::upgrade::OnUpgrade>,
 ) -> Result<Response<ResponseBody>, Reject> {
     *req.version_mut() = Version::HTTP_11;
-    let sent = route.client.request(req);
-    let resp = match tokio::time::timeout(route.response_timeout, sent).await {
+    let sent = async {
+        if websocket.is_none() && route.scheme == Scheme::HTTP {
+            let uri = std::mem::take(req.uri_mut()).into_parts();
+            *req.uri_mut() = uri.path_and_query.map_or_else(Uri::default, Uri::from);
+            req.headers_mut().insert(HOST, route.host.clone());
+            pool::send(&route.authority, route.connect_timeout, req).await
+        } else {
+            Ok(route.client.request(req).await?)
+        }
+    };
+    let mut resp = match tokio::time::timeout(route.response_timeout, sent).await {
         Err(_) => return Err(Reject::GatewayTimeout),
-        Ok(Err(e)) => return Err(classify(&e)),
+        Ok(Err(e)) => return Err(classify(&*e)),
         Ok(Ok(resp)) => resp,
     };
-    let mut resp = resp;
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     let upstream_side = switching.then(|| hyper::upgrade::on(&mut resp));
     let (mut parts, body) = resp.into_parts();
@@ -183,7 +210,7 @@ async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnU
 }
 
 /// 413 when our own body limit stopped the request, else 502.
-fn classify(e: &hyper_util::client::legacy::Error) -> Reject {
+fn classify(e: &(dyn std::error::Error + Send + Sync + 'static)) -> Reject {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = source {
         if err.is::<BodyTooLarge>() {

@@ -525,7 +525,9 @@ async fn nothing_the_binary_prints_at_trace_level_in_json_holds_a_secret_even_fr
         "trace,h2=trace,hyper=trace,hyper_util=trace,rustls=trace,notify=trace",
     )
     .await;
-    for target in PROTOCOL_TARGETS {
+    // `hyper_util::` only logs from the client of `https` upstreams, which
+    // this run has none of.
+    for target in PROTOCOL_TARGETS.iter().filter(|t| **t != "hyper_util::") {
         assert!(
             stderr.contains(&format!("\"target\":\"{target}")),
             "no {target} lines to scan"
