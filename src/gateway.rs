@@ -74,10 +74,11 @@ pub struct Permit<'s> {
     pub pending_limit: Option<&'s TokenEntry>,
 }
 
-/// What the access log learns while a request is judged.
+/// What the access log and the metrics learn while a request is judged.
 #[derive(Default)]
-struct Outcome {
-    route: Option<Arc<str>>,
+struct Outcome<'s> {
+    /// The matched route, also when the request was refused after step 4.
+    route: Option<&'s Route>,
     token_id: Option<HeaderValue>,
     /// Set when the token's own limit refused the request.
     limited: Option<Limited>,
@@ -142,7 +143,7 @@ impl Gateway {
         let metrics = &self.lasting.metrics;
         let (mut resp, route_metrics) = match judged {
             Ok(permit) => {
-                let route_metrics = permit.route.metrics.clone();
+                let route_metrics = &*permit.route.metrics;
                 let upgrade = permit.websocket.then(|| hyper::upgrade::on(&mut req));
                 let mut resp = match self
                     .forward(rt, conn, &permit, &request_id, req, upgrade)
@@ -159,9 +160,9 @@ impl Gateway {
                 (resp, route_metrics)
             }
             Err(reject) => {
-                let route_metrics = match &outcome.route {
-                    Some(prefix) => metrics.route(prefix),
-                    None => metrics.no_route.clone(),
+                let route_metrics = match outcome.route {
+                    Some(route) => &*route.metrics,
+                    None => &*metrics.no_route,
                 };
                 let mut resp = self.refuse(rt, reject);
                 if let Some(limited) = &outcome.limited {
@@ -184,7 +185,7 @@ impl Gateway {
                 client_ip,
                 method,
                 path,
-                route: outcome.route,
+                route: outcome.route.map(|r| r.prefix.clone()),
                 token_id: outcome.token_id,
                 status,
                 duration: started.elapsed(),
@@ -210,7 +211,7 @@ impl Gateway {
         client_ip: IpAddr,
         now: SystemTime,
         req: &Request<Incoming>,
-        outcome: &mut Outcome,
+        outcome: &mut Outcome<'s>,
     ) -> Result<Permit<'s>, Reject> {
         let rt = &*snap.runtime;
         // 1. Method and target.
@@ -239,7 +240,7 @@ impl Gateway {
         }
         // 4. Route.
         let route = rt.routes.lookup(&target.path).ok_or(Reject::NoRoute)?;
-        outcome.route = Some(route.prefix.clone());
+        outcome.route = Some(route);
         let writes = method::is_write(req.method(), req.headers(), target.query);
         let websocket = method::is_websocket_upgrade(req.headers());
         // 5. Credentials.
@@ -311,7 +312,7 @@ impl Gateway {
         &self,
         rt: &Runtime,
         mut permit: Permit<'s>,
-        outcome: &mut Outcome,
+        outcome: &mut Outcome<'_>,
     ) -> Result<Permit<'s>, Reject> {
         let Some(entry) = permit.pending_limit.take() else {
             return Ok(permit);
@@ -391,7 +392,7 @@ impl Gateway {
 
 /// A 429 for the token's own limit; its `RateLimit-*` values go to the
 /// response through `outcome`.
-fn rate_limited(limited: Limited, outcome: &mut Outcome) -> Reject {
+fn rate_limited(limited: Limited, outcome: &mut Outcome<'_>) -> Reject {
     let retry_after = limited.retry_after_secs;
     outcome.limited = Some(limited);
     Reject::RateLimited { retry_after }
