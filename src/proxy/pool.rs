@@ -9,13 +9,12 @@
 //!
 //! Invariants: a connection carries one request at a time (hyper's
 //! `SendRequest` refuses a second until the first response is done, and
-//! [`Pool::take`] only hands out ready ones); a connection idle for
-//! [`super::POOL_IDLE`] is never used again and is closed by the worker's
-//! sweep; a request is retried on another connection only when hyper
-//! handed it back unsent.
+//! [`Pool::take`] only hands out ready ones); a connection last handed a
+//! request more than [`super::POOL_IDLE`] ago is never used again, and the
+//! worker's sweep closes it once it is idle; a request is retried on
+//! another connection only when hyper handed it back unsent.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use http::uri::Authority;
@@ -49,27 +48,33 @@ struct Conn {
     used: Instant,
 }
 
-/// The connections of one worker thread, by upstream address.
+/// The connections of one worker thread, by upstream address (a list: a
+/// gateway has a handful of upstreams, and comparing a few addresses is
+/// cheaper than hashing one).
 #[derive(Default)]
 struct Pool {
-    by_upstream: HashMap<Authority, Vec<Conn>>,
+    by_upstream: Vec<(Authority, Vec<Conn>)>,
     /// Whether this worker's sweep was set up (or found impossible).
     sweep_tried: bool,
 }
 
 impl Pool {
     /// A connection to `upstream` ready for a request, most recently used
-    /// first (its socket and buffers are the likeliest to be warm).
+    /// first (its socket and buffers are the likeliest to be warm). Closed
+    /// ones found on the way are dropped, and so is a ready one last handed
+    /// a request longer than [`POOL_IDLE`] ago.
     fn take(&mut self, upstream: &Authority) -> Option<SendRequest<RequestBody>> {
-        let conns = self.by_upstream.get_mut(upstream)?;
+        let conns = self.conns(upstream)?;
         let mut i = conns.len();
         while i > 0 {
             i -= 1;
-            let c = &conns[i];
-            if c.sender.is_closed() || c.used.elapsed() > POOL_IDLE {
+            if conns[i].sender.is_closed() {
                 conns.swap_remove(i);
-            } else if c.sender.is_ready() {
-                return Some(conns.swap_remove(i).sender);
+            } else if conns[i].sender.is_ready() {
+                let c = conns.swap_remove(i);
+                if c.used.elapsed() <= POOL_IDLE {
+                    return Some(c.sender);
+                }
             }
         }
         None
@@ -81,10 +86,14 @@ impl Pool {
         if sender.is_closed() {
             return;
         }
-        let conns = match self.by_upstream.get_mut(upstream) {
-            Some(conns) => conns,
-            None => self.by_upstream.entry(upstream.clone()).or_default(),
+        let i = match self.by_upstream.iter().position(|(a, _)| a == upstream) {
+            Some(i) => i,
+            None => {
+                self.by_upstream.push((upstream.clone(), Vec::new()));
+                self.by_upstream.len() - 1
+            }
         };
+        let conns = &mut self.by_upstream[i].1;
         if conns.len() < MAX_PER_UPSTREAM {
             conns.push(Conn {
                 sender,
@@ -96,12 +105,19 @@ impl Pool {
     /// Drops closed connections and idle ones past [`POOL_IDLE`] (dropping
     /// an idle connection's sender closes it).
     fn sweep(&mut self) {
-        for conns in self.by_upstream.values_mut() {
+        for (_, conns) in &mut self.by_upstream {
             conns.retain(|c| {
                 !c.sender.is_closed() && !(c.sender.is_ready() && c.used.elapsed() > POOL_IDLE)
             });
         }
-        self.by_upstream.retain(|_, conns| !conns.is_empty());
+        self.by_upstream.retain(|(_, conns)| !conns.is_empty());
+    }
+
+    fn conns(&mut self, upstream: &Authority) -> Option<&mut Vec<Conn>> {
+        self.by_upstream
+            .iter_mut()
+            .find(|(a, _)| a == upstream)
+            .map(|(_, conns)| conns)
     }
 }
 
