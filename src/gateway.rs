@@ -65,6 +65,7 @@ pub struct Permit<'s> {
     pub route: &'s Route,
     /// Token id and scopes headers; `None` for an anonymous request.
     pub identity: Option<(HeaderValue, HeaderValue)>,
+    /// Origin-form: path and query (taken when the request is forwarded).
     pub upstream_uri: Uri,
     pub websocket: bool,
     /// The token's quota after this request (`RateLimit-*` headers).
@@ -142,11 +143,11 @@ impl Gateway {
         let method = rt.settings.log.access.then(|| req.method().clone());
         let metrics = &self.lasting.metrics;
         let (mut resp, route_metrics) = match judged {
-            Ok(permit) => {
+            Ok(mut permit) => {
                 let route_metrics = &*permit.route.metrics;
                 let upgrade = permit.websocket.then(|| hyper::upgrade::on(&mut req));
                 let mut resp = match self
-                    .forward(rt, conn, &permit, &request_id, req, upgrade)
+                    .forward(rt, conn, &mut permit, &request_id, req, upgrade)
                     .await
                 {
                     Ok(resp) => resp,
@@ -337,7 +338,7 @@ impl Gateway {
         &self,
         rt: &Runtime,
         conn: Conn,
-        permit: &Permit<'_>,
+        permit: &mut Permit<'_>,
         request_id: &HeaderValue,
         req: Request<Incoming>,
         upgrade: Option<hyper::upgrade::OnUpgrade>,
@@ -377,7 +378,7 @@ impl Gateway {
         let req = proxy::upstream_request(
             parts,
             body,
-            permit.upstream_uri.clone(),
+            std::mem::take(&mut permit.upstream_uri),
             route.max_body_bytes,
         );
         let sent = Instant::now();

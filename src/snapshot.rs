@@ -36,6 +36,8 @@ pub struct Route {
     pub scope_challenge: HeaderValue,
     pub anonymous_read: bool,
     pub strip_prefix: bool,
+    /// The upstream's number ([`crate::proxy::upstream_number`]).
+    pub upstream: usize,
     /// `Host` as sent upstream (the upstream's own, as a client would send it).
     pub host: HeaderValue,
     pub connect_timeout: Duration,
@@ -90,6 +92,7 @@ impl Runtime {
                 .map_err(|e| format!("routes[{index}].upstream: {e}"))?;
             let route = Route {
                 host,
+                upstream: crate::proxy::upstream_number(&authority),
                 connect_timeout: settings.timeouts.upstream_connect,
                 prefix: r.prefix.as_str().into(),
                 index,

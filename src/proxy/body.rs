@@ -15,6 +15,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use super::pool::Lease;
 use crate::accesslog::{AccessLog, Record};
 
 /// A request or response body streamed from the other side.
@@ -34,6 +35,10 @@ enum Inner {
 pub struct ResponseBody {
     inner: Inner,
     log: Option<(Arc<AccessLog>, Record)>,
+    /// The upstream connection the body arrives on, handed back to its
+    /// pool once the body has ended or is dropped (after `inner`, declared
+    /// before it).
+    lease: Option<Lease>,
 }
 
 impl ResponseBody {
@@ -41,6 +46,7 @@ impl ResponseBody {
         ResponseBody {
             inner: Inner::Full(Some(bytes)),
             log: None,
+            lease: None,
         }
     }
 
@@ -48,13 +54,17 @@ impl ResponseBody {
         ResponseBody {
             inner: Inner::Full(None),
             log: None,
+            lease: None,
         }
     }
 
-    pub fn upstream(body: Incoming) -> Self {
+    /// The upstream's body; `lease`, if any, goes back to its pool once
+    /// the body has ended or is dropped.
+    pub fn upstream(body: Incoming, lease: Option<Lease>) -> Self {
         ResponseBody {
             inner: Inner::Upstream(body),
             log: None,
+            lease,
         }
     }
 
@@ -92,11 +102,16 @@ impl Body for ResponseBody {
             Inner::Upstream(body) => Pin::new(body).poll_frame(cx),
             Inner::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
         };
-        if let Poll::Ready(Some(Ok(frame))) = &polled {
-            if let Some(data) = frame.data_ref() {
-                let n = data.len();
-                this.count(n);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    let n = data.len();
+                    this.count(n);
+                }
             }
+            // The upstream connection is free for the next request.
+            Poll::Ready(None) => drop(this.lease.take()),
+            _ => {}
         }
         polled
     }

@@ -13,6 +13,8 @@ pub mod body;
 pub mod headers;
 mod pool;
 
+pub use pool::upstream_number;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -134,7 +136,9 @@ pub fn host_header(
     HeaderValue::from_str(&host).map_err(|e| format!("{host}: {e}"))
 }
 
-/// The upstream URI for a canonical path and the untouched query.
+/// The upstream request's target, origin-form: the upstream URL's path,
+/// the canonical path (its prefix stripped if the route says so) and the
+/// untouched query.
 pub fn upstream_uri(route: &Route, path: &str, query: Option<&str>) -> Result<Uri, Reject> {
     let path = if route.strip_prefix {
         crate::target::strip_prefix_path(path, &route.prefix)
@@ -149,13 +153,8 @@ pub fn upstream_uri(route: &Route, path: &str, query: Option<&str>) -> Result<Ur
         pq.push('?');
         pq.push_str(q);
     }
-    let pq =
-        PathAndQuery::from_maybe_shared(bytes::Bytes::from(pq)).map_err(|_| Reject::BadPath)?;
-    Uri::builder()
-        .scheme(route.scheme.clone())
-        .authority(route.authority.clone())
-        .path_and_query(pq)
-        .build()
+    PathAndQuery::from_maybe_shared(bytes::Bytes::from(pq))
+        .map(Uri::from)
         .map_err(|_| Reject::BadPath)
 }
 
@@ -169,18 +168,24 @@ pub async fn forward(
     *req.version_mut() = Version::HTTP_11;
     let sent = async {
         if websocket.is_none() && route.scheme == Scheme::HTTP {
-            let uri = std::mem::take(req.uri_mut()).into_parts();
-            *req.uri_mut() = uri.path_and_query.map_or_else(Uri::default, Uri::from);
             req.headers_mut().insert(HOST, route.host.clone());
-            pool::send(&route.authority, route.connect_timeout, req).await
+            let (resp, lease) =
+                pool::send(route.upstream, &route.authority, route.connect_timeout, req).await?;
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>((resp, Some(lease)))
         } else {
-            Ok(route.client.request(req).await?)
+            // `hyper_util`'s client reads the upstream from an absolute URI
+            // (and sets `Host` from it).
+            let mut uri = std::mem::take(req.uri_mut()).into_parts();
+            uri.scheme = Some(route.scheme.clone());
+            uri.authority = Some(route.authority.clone());
+            *req.uri_mut() = Uri::from_parts(uri)?;
+            Ok((route.client.request(req).await?, None))
         }
     };
-    let mut resp = match tokio::time::timeout(route.response_timeout, sent).await {
+    let (mut resp, lease) = match tokio::time::timeout(route.response_timeout, sent).await {
         Err(_) => return Err(Reject::GatewayTimeout),
         Ok(Err(e)) => return Err(classify(&*e)),
-        Ok(Ok(resp)) => resp,
+        Ok(Ok(sent)) => sent,
     };
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     let upstream_side = switching.then(|| hyper::upgrade::on(&mut resp));
@@ -194,7 +199,10 @@ pub async fn forward(
         (Some(_), None) => Err(Reject::BadGateway),
         (None, _) => {
             headers::clean_response(&mut parts.headers, false);
-            Ok(Response::from_parts(parts, ResponseBody::upstream(body)))
+            Ok(Response::from_parts(
+                parts,
+                ResponseBody::upstream(body, lease),
+            ))
         }
     }
 }

@@ -1,20 +1,24 @@
 //! Per-worker pools of plain HTTP/1.1 connections to upstreams.
 //!
-//! Each serving thread keeps its own connections per upstream address, so
-//! taking one and putting it back touch no lock and no other core's memory.
+//! Each serving thread keeps its own idle connections per upstream, so
+//! taking one and handing it back touch no lock and no other core's memory.
 //! (The shared `hyper_util` pool, still used for `https` upstreams and
 //! WebSocket upgrades through [`super::Client`], locks one mutex shared by
 //! all workers on every checkout and return, and spawns a task to hand each
-//! connection back.)
+//! connection back.) A connection in use travels with its response as a
+//! [`Lease`], which puts it back when the response body is done, so a pool
+//! holds only idle connections and finding one is short however many
+//! requests are in flight.
 //!
-//! Invariants: a connection carries one request at a time (hyper's
-//! `SendRequest` refuses a second until the first response is done, and
-//! [`Pool::take`] only hands out ready ones); a connection last handed a
-//! request more than [`super::POOL_IDLE`] ago is never used again, and the
-//! worker's sweep closes it once it is idle; a request is retried on
-//! another connection only when hyper handed it back unsent.
+//! Invariants: a connection carries one request at a time (it is out of
+//! the pool from [`Pool::take`] until its lease is dropped, and hyper's
+//! `SendRequest` refuses a second request before the first response is
+//! done); one idle for more than [`super::POOL_IDLE`] is never used again
+//! and the worker's sweep closes it; a request is retried on another
+//! connection only when hyper handed it back unsent.
 
 use std::cell::RefCell;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use http::uri::Authority;
@@ -29,8 +33,8 @@ use super::POOL_IDLE;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Most connections a worker keeps per upstream; more are closed once done.
-const MAX_PER_UPSTREAM: usize = 1024;
+/// Most idle connections a worker keeps per upstream; more are closed.
+const MAX_IDLE_PER_UPSTREAM: usize = 1024;
 
 /// How often a worker closes its connections idle past [`POOL_IDLE`].
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
@@ -42,37 +46,51 @@ thread_local! {
     static POOL: RefCell<Pool> = RefCell::new(Pool::default());
 }
 
-/// One connection and when it was last handed a request.
-struct Conn {
+/// An idle connection and since when.
+struct Idle {
     sender: SendRequest<RequestBody>,
-    used: Instant,
+    since: Instant,
 }
 
-/// The connections of one worker thread, by upstream address (a list: a
-/// gateway has a handful of upstreams, and comparing a few addresses is
-/// cheaper than hashing one).
+/// The idle connections of one worker thread, by upstream number
+/// ([`upstream_number`]).
 #[derive(Default)]
 struct Pool {
-    by_upstream: Vec<(Authority, Vec<Conn>)>,
+    idle: Vec<Vec<Idle>>,
     /// Whether this worker's sweep was set up (or found impossible).
     sweep_tried: bool,
 }
 
+/// The number of the upstream at `authority`: the same for the life of the
+/// process, whichever gateway or config asks (the pools of every worker are
+/// indexed by it). Called when a config is compiled, never per request.
+pub fn upstream_number(authority: &Authority) -> usize {
+    static NUMBERS: Mutex<Vec<Authority>> = Mutex::new(Vec::new());
+    let mut numbers = NUMBERS.lock().unwrap_or_else(|e| e.into_inner());
+    match numbers.iter().position(|a| a == authority) {
+        Some(n) => n,
+        None => {
+            numbers.push(authority.clone());
+            numbers.len() - 1
+        }
+    }
+}
+
 impl Pool {
-    /// A connection to `upstream` ready for a request, most recently used
-    /// first (its socket and buffers are the likeliest to be warm). Closed
-    /// ones found on the way are dropped, and so is a ready one last handed
-    /// a request longer than [`POOL_IDLE`] ago.
-    fn take(&mut self, upstream: &Authority) -> Option<SendRequest<RequestBody>> {
-        let conns = self.conns(upstream)?;
-        let mut i = conns.len();
+    /// An idle connection to `upstream` ready for a request, the most
+    /// recently used first (its socket and buffers are the likeliest to be
+    /// warm). Closed ones and ones idle too long are dropped on the way; one
+    /// whose last response hyper has not finished with yet is left.
+    fn take(&mut self, upstream: usize) -> Option<SendRequest<RequestBody>> {
+        let idle = self.idle.get_mut(upstream)?;
+        let mut i = idle.len();
         while i > 0 {
             i -= 1;
-            if conns[i].sender.is_closed() {
-                conns.swap_remove(i);
-            } else if conns[i].sender.is_ready() {
-                let c = conns.swap_remove(i);
-                if c.used.elapsed() <= POOL_IDLE {
+            if idle[i].sender.is_closed() {
+                idle.swap_remove(i);
+            } else if idle[i].sender.is_ready() {
+                let c = idle.swap_remove(i);
+                if c.since.elapsed() <= POOL_IDLE {
                     return Some(c.sender);
                 }
             }
@@ -80,72 +98,82 @@ impl Pool {
         None
     }
 
-    /// Keeps a connection that was just handed a request; it becomes
-    /// ready again once that request's response is done.
-    fn put(&mut self, upstream: &Authority, sender: SendRequest<RequestBody>) {
+    /// Keeps a connection whose response is done.
+    fn put(&mut self, upstream: usize, sender: SendRequest<RequestBody>) {
         if sender.is_closed() {
             return;
         }
-        let i = match self.by_upstream.iter().position(|(a, _)| a == upstream) {
-            Some(i) => i,
-            None => {
-                self.by_upstream.push((upstream.clone(), Vec::new()));
-                self.by_upstream.len() - 1
-            }
-        };
-        let conns = &mut self.by_upstream[i].1;
-        if conns.len() < MAX_PER_UPSTREAM {
-            conns.push(Conn {
+        if self.idle.len() <= upstream {
+            self.idle.resize_with(upstream + 1, Vec::new);
+        }
+        let idle = &mut self.idle[upstream];
+        if idle.len() < MAX_IDLE_PER_UPSTREAM {
+            idle.push(Idle {
                 sender,
-                used: Instant::now(),
+                since: Instant::now(),
             });
+        }
+        if !self.sweep_tried {
+            self.sweep_tried = true;
+            start_sweeping();
         }
     }
 
     /// Drops closed connections and idle ones past [`POOL_IDLE`] (dropping
     /// an idle connection's sender closes it).
     fn sweep(&mut self) {
-        for (_, conns) in &mut self.by_upstream {
-            conns.retain(|c| {
-                !c.sender.is_closed() && !(c.sender.is_ready() && c.used.elapsed() > POOL_IDLE)
-            });
+        for idle in &mut self.idle {
+            idle.retain(|c| !c.sender.is_closed() && c.since.elapsed() <= POOL_IDLE);
         }
-        self.by_upstream.retain(|(_, conns)| !conns.is_empty());
-    }
-
-    fn conns(&mut self, upstream: &Authority) -> Option<&mut Vec<Conn>> {
-        self.by_upstream
-            .iter_mut()
-            .find(|(a, _)| a == upstream)
-            .map(|(_, conns)| conns)
     }
 }
 
-/// Sends `req` (origin-form URI, `Host` set) to `upstream` on one of this
-/// worker's connections, or a new one, and returns the response head with
-/// its body streaming.
+/// A pooled connection on loan to one response; dropping it (with the
+/// response body) hands the connection back to this worker's pool.
+pub struct Lease {
+    upstream: usize,
+    sender: Option<SendRequest<RequestBody>>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let Some(sender) = self.sender.take() else {
+            return;
+        };
+        // Not during thread teardown, nor from inside the pool itself.
+        let _ = POOL.try_with(|p| {
+            if let Ok(mut p) = p.try_borrow_mut() {
+                p.put(self.upstream, sender);
+            }
+        });
+    }
+}
+
+/// Sends `req` (origin-form URI, `Host` set) to upstream number `upstream`
+/// at `authority`, on one of this worker's idle connections or a new one.
+/// Returns the response head, its body streaming, and the connection's
+/// lease, to be dropped once the body is done.
 pub async fn send(
-    upstream: &Authority,
+    upstream: usize,
+    authority: &Authority,
     connect_timeout: Duration,
     mut req: Request<RequestBody>,
-) -> Result<Response<Incoming>, BoxError> {
+) -> Result<(Response<Incoming>, Lease), BoxError> {
     loop {
         let pooled = POOL.with_borrow_mut(|p| p.take(upstream));
         let reused = pooled.is_some();
         let mut sender = match pooled {
             Some(sender) => sender,
-            None => connect(upstream, connect_timeout).await?,
+            None => connect(authority, connect_timeout).await?,
         };
-        let sent = sender.try_send_request(req);
-        POOL.with_borrow_mut(|p| {
-            p.put(upstream, sender);
-            if !p.sweep_tried {
-                p.sweep_tried = true;
-                start_sweeping();
+        match sender.try_send_request(req).await {
+            Ok(resp) => {
+                let lease = Lease {
+                    upstream,
+                    sender: Some(sender),
+                };
+                return Ok((resp, lease));
             }
-        });
-        match sent.await {
-            Ok(resp) => return Ok(resp),
             Err(mut e) => match e.take_message() {
                 // Closed between the readiness check and the send: the
                 // request never left, so another connection may carry it.
@@ -156,20 +184,20 @@ pub async fn send(
     }
 }
 
-/// A new connection to `upstream` with `TCP_NODELAY` and keep-alive
+/// A new connection to `authority` with `TCP_NODELAY` and keep-alive
 /// probes; its I/O runs as a task on this worker.
 async fn connect(
-    upstream: &Authority,
+    authority: &Authority,
     timeout: Duration,
 ) -> Result<SendRequest<RequestBody>, BoxError> {
-    let host = upstream
+    let host = authority
         .host()
         .trim_start_matches('[')
         .trim_end_matches(']');
-    let port = upstream.port_u16().unwrap_or(80);
+    let port = authority.port_u16().unwrap_or(80);
     let stream = tokio::time::timeout(timeout, TcpStream::connect((host, port)))
         .await
-        .map_err(|_| format!("connecting to {upstream} timed out"))??;
+        .map_err(|_| format!("connecting to {authority} timed out"))??;
     stream.set_nodelay(true)?;
     socket2::SockRef::from(&stream)
         .set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE))?;

@@ -254,3 +254,28 @@ async fn a_keep_alive_connection_the_upstream_closed_while_idle_is_not_reused() 
     }
     assert_eq!(accepted.load(Ordering::SeqCst), 3);
 }
+
+#[tokio::test]
+async fn concurrent_requests_get_a_connection_each_and_give_it_back() {
+    let (up, gw) = standard().await;
+    up.behaviour.lock().unwrap().delay = Some(std::time::Duration::from_millis(200));
+    let addr = gw.addr();
+    let concurrent: Vec<_> = (0..5)
+        .map(|_| tokio::spawn(async move { get(addr, "/api/v1/x", &[&bearer(AGENT)]).await }))
+        .collect();
+    for r in concurrent {
+        assert_eq!(r.await.unwrap().status, 200);
+    }
+    let opened = up.connections.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(opened, 5, "one upstream connection per request in flight");
+    up.behaviour.lock().unwrap().delay = None;
+    for _ in 0..10 {
+        assert_eq!(get(addr, "/api/v1/x", &[&bearer(AGENT)]).await.status, 200);
+    }
+    assert_eq!(
+        up.connections.load(std::sync::atomic::Ordering::SeqCst),
+        opened,
+        "later requests reuse the connections handed back"
+    );
+    assert_eq!(up.seen().len(), 15);
+}
