@@ -11,7 +11,9 @@
 #                proxy_http_version 1.1, Connection "", buffered access log
 #   nginx-auth   the same with a `map` of 10,001 bearer tokens checked
 #   tollgate     the release gateway: auth, scopes, rate limits, access log on
-#                (and a second one with the access log off: tollgate-nolog)
+#                (and a second one with the access log off: tollgate-nolog;
+#                with BASELINE=<binary>, a third, another build with the same
+#                config: tollgate-baseline, run beside tollgate at every -c)
 # and pins the upstream and the proxy under test to one core (PROXY_CORES) and
 # wrk to another (WRK_CORES); LAYOUT=wide puts the upstream on cores 0-3, the
 # proxy on 4-7 and wrk (8 threads) on 8-15, with 4 workers each. Then 5 interleaved rounds of wrk at -c1, -c32
@@ -29,7 +31,8 @@
 # UPSTREAM_CORES (the proxy's), PROXY_CORES (0), WRK_CORES (1), WORKERS (1:
 # nginx worker processes and tollgate runtimes), WRK_THREADS (1; never more
 # than the connections), LAYOUT (wide: the 4 + 4 + 8 layout above), TOLLGATE
-# (a binary; default: build release), BASE_PORT (18080), OUT (results
+# (a binary; default: build release), BASELINE (a binary to compare with,
+# e.g. the last release; none by default), BASE_PORT (18080), OUT (results
 # directory).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -51,6 +54,7 @@ wrk_threads=${WRK_THREADS:-1}
 base=${BASE_PORT:-18080}
 p_up=$base p_nginx=$((base + 1)) p_auth=$((base + 2)) p_tg=$((base + 3))
 p_admin=$((base + 4)) p_status=$((base + 5)) p_quiet=$((base + 6)) p_admin2=$((base + 7))
+p_baseline=$((base + 8)) p_admin3=$((base + 9))
 out=${OUT:-$here/results/$(date -u +%Y%m%dT%H%M%SZ)}
 
 for tool in nginx wrk taskset curl python3; do
@@ -65,9 +69,9 @@ fi
 
 work=$(mktemp -d)
 mkdir -p "$out"
-tg_pid= quiet_pid=
+tg_pid= quiet_pid= baseline_pid=
 cleanup() {
-  for p in $tg_pid $quiet_pid; do kill "$p" 2>/dev/null || true; done
+  for p in $tg_pid $quiet_pid $baseline_pid; do kill "$p" 2>/dev/null || true; done
   for conf in upstream nginx auth; do
     [ -f "$work/$conf.pid" ] && kill "$(cat "$work/$conf.pid")" 2>/dev/null || true
   done
@@ -198,7 +202,16 @@ tg_pid=$!
 TOLLGATE_WORKERS=$workers taskset -c "$proxy_cores" "$bin" serve -c "$work/quiet.yaml" \
   >/dev/null 2>"$work/quiet.log" &
 quiet_pid=$!
-for admin in $p_admin $p_admin2; do
+admins="$p_admin $p_admin2"
+if [ -n "${BASELINE:-}" ]; then
+  sed -e "s/:$p_tg\$/:$p_baseline/" -e "s/:$p_admin\$/:$p_admin3/" \
+    "$work/gateway.yaml" >"$work/baseline.yaml"
+  TOLLGATE_WORKERS=$workers taskset -c "$proxy_cores" "$(realpath "$BASELINE")" serve \
+    -c "$work/baseline.yaml" >"$work/baseline.access.log" 2>"$work/baseline.log" &
+  baseline_pid=$!
+  admins="$admins $p_admin3"
+fi
+for admin in $admins; do
   for _ in $(seq 1 100); do
     curl -fs "http://127.0.0.1:$admin/readyz" >/dev/null 2>&1 && break
     sleep 0.1
@@ -234,6 +247,7 @@ with_workers() { # nginx pid file -> its master and worker process ids
 pids_of() { # target -> the process ids whose CPU time is the proxy's
   case $1 in
     tollgate-nolog) echo "$quiet_pid" ;;
+    tollgate-baseline) echo "$baseline_pid" ;;
     tollgate*) echo "$tg_pid" ;;
     nginx-auth*) with_workers "$work/auth.pid" ;;
     nginx*) with_workers "$work/nginx.pid" ;;
@@ -286,6 +300,9 @@ for round in $(seq 1 "$rounds"); do
     run "$round" nginx "$c" "http://127.0.0.1:$p_nginx/api/x"
     run "$round" nginx-auth "$c" "http://127.0.0.1:$p_auth/api/x" "$bearer"
     run "$round" tollgate "$c" "$tg/api/x" "$bearer"
+    if [ -n "$baseline_pid" ]; then
+      run "$round" tollgate-baseline "$c" "http://127.0.0.1:$p_baseline/api/x" "$bearer"
+    fi
   done
   [[ " $conns " == *" 32 "* ]] || continue
   run "$round" tollgate-anonymous 32 "$tg/open/x"

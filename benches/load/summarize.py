@@ -90,6 +90,11 @@ for c in (32, 256):
     if have(("tollgate", c), ("nginx", c), ("nginx-auth", c)):
         per_core = " / ".join(n(med("rps", t, c) / proxy_cores) for t in ("tollgate", "nginx", "nginx-auth"))
         print(f"| rps per proxy core ({proxy_cores}), c={c}: tollgate / nginx proxy / nginx + map auth | {per_core} | |")
+for c in (1, 32, 256):
+    if have(("tollgate", c), ("tollgate-baseline", c)):
+        rps = med("rps", "tollgate", c) / med("rps", "tollgate-baseline", c)
+        cost = med("cpu_us_per_req", "tollgate", c) / med("cpu_us_per_req", "tollgate-baseline", c)
+        print(f"| this build / baseline build, c={c}: rps, CPU per request | {rps:.2f}, {cost:.2f} | |")
 if ("tollgate-soak", 32) in rows:
     s = rows[("tollgate-soak", 32)][0]
     print(f"| soak: non-2xx, socket errors, new upstream connections | {s['non2xx']}, {s['socket_errors']}, {soak_conns} | 0, 0, 0 |")
