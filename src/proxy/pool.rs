@@ -201,7 +201,9 @@ async fn connect(
     stream.set_nodelay(true)?;
     socket2::SockRef::from(&stream)
         .set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE))?;
+    // Flat writes, as on the server side (`server::run_http`).
     let (sender, conn) = http1::Builder::new()
+        .writev(false)
         .handshake(TokioIo::new(stream))
         .await?;
     tokio::spawn(async move {

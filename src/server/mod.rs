@@ -367,7 +367,11 @@ async fn run_http<I>(
             .timer(TokioTimer::new())
             .header_read_timeout(header_read)
             .max_buf_size(max_header_bytes.max(8192))
-            .keep_alive(true);
+            .keep_alive(true)
+            // One flat write buffer instead of vectored writes: measured
+            // less CPU per request for small and 1 MiB responses alike
+            // (README, Performance).
+            .writev(false);
         // No graceful_shutdown on a drain: hyper would drop a request
         // whose head is half read. The gateway answers every request that
         // arrives while draining with 503 and `Connection: close`, and an
