@@ -356,7 +356,8 @@ impl Gateway {
                 websocket: permit.websocket,
             },
         );
-        parts.headers.remove(HOST);
+        // The upstream's own Host; `hyper_util`'s client keeps a Host it finds.
+        parts.headers.insert(HOST, permit.route.host.clone());
         // The client's framing is gone with Transfer-Encoding. A body of
         // unknown length goes upstream chunked: hyper's client would
         // otherwise send a GET or HEAD without one, silently dropping it.

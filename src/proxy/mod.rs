@@ -20,7 +20,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use http::header::HOST;
 use http::uri::{PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
@@ -158,7 +157,7 @@ pub fn upstream_uri(route: &Route, path: &str, query: Option<&str>) -> Result<Ur
         .map_err(|_| Reject::BadPath)
 }
 
-/// Sends a cleaned request upstream and returns its response head with the
+/// Sends a cleaned request (origin-form target, `Host` set) upstream and returns its response head with the
 /// body streaming. Waits at most the route's response timeout for the head.
 pub async fn forward(
     route: &Route,
@@ -168,13 +167,11 @@ pub async fn forward(
     *req.version_mut() = Version::HTTP_11;
     let sent = async {
         if websocket.is_none() && route.scheme == Scheme::HTTP {
-            req.headers_mut().insert(HOST, route.host.clone());
             let (resp, lease) =
                 pool::send(route.upstream, &route.authority, route.connect_timeout, req).await?;
             Ok::<_, Box<dyn std::error::Error + Send + Sync>>((resp, Some(lease)))
         } else {
-            // `hyper_util`'s client reads the upstream from an absolute URI
-            // (and sets `Host` from it).
+            // `hyper_util`'s client reads the upstream from an absolute URI.
             let mut uri = std::mem::take(req.uri_mut()).into_parts();
             uri.scheme = Some(route.scheme.clone());
             uri.authority = Some(route.authority.clone());
@@ -241,4 +238,25 @@ pub fn upstream_request(
     let mut req = Request::from_parts(parts, RequestBody::new(body, limit));
     *req.uri_mut() = uri;
     req
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(url: &str) -> HeaderValue {
+        let uri: Uri = url.parse().unwrap();
+        host_header(uri.scheme().unwrap(), uri.authority().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn the_upstream_host_leaves_out_only_the_schemes_default_port() {
+        assert_eq!(host("http://api.internal"), "api.internal");
+        assert_eq!(host("http://api.internal:80"), "api.internal");
+        assert_eq!(host("http://api.internal:8080"), "api.internal:8080");
+        assert_eq!(host("http://api.internal:443"), "api.internal:443");
+        assert_eq!(host("https://api.internal:443"), "api.internal");
+        assert_eq!(host("https://api.internal:80"), "api.internal:80");
+        assert_eq!(host("http://[::1]:19999"), "[::1]:19999");
+    }
 }

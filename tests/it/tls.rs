@@ -372,10 +372,15 @@ async fn tls_upstream(leaf: &Leaf) -> (SocketAddr, Hits) {
                             .get("x-forwarded-proto")
                             .map(|v| v.to_str().unwrap().to_string())
                             .unwrap_or_default();
+                        let host = req
+                            .headers()
+                            .get("host")
+                            .map(|v| v.to_str().unwrap().to_string())
+                            .unwrap_or_default();
                         recorded
                             .lock()
                             .unwrap()
-                            .push(format!("{} {proto}", req.uri().path()));
+                            .push(format!("{} {proto} {host}", req.uri().path()));
                         Ok::<_, hyper::Error>(Response::new(Full::new(Bytes::from_static(
                             b"tls upstream",
                         ))))
@@ -392,7 +397,8 @@ async fn tls_upstream(leaf: &Leaf) -> (SocketAddr, Hits) {
 
 /// A gateway with `/secure` (trusting `ca.pem`) and `/untrusted` (web roots
 /// only), both to the same HTTPS upstream.
-async fn https_upstream_gateway() -> (Gw, Hits, tempfile::TempDir) {
+/// Also returns the upstream's port.
+async fn https_upstream_gateway() -> (Gw, Hits, tempfile::TempDir, u16) {
     let pki = Pki::new("upstream test CA");
     let files = tempfile::tempdir().unwrap();
     let ca = files.path().join("ca.pem");
@@ -405,21 +411,23 @@ async fn https_upstream_gateway() -> (Gw, Hits, tempfile::TempDir) {
         ca = ca.display(),
     );
     let gw = Gw::start(&gateway_yaml(plain.addr, &routes), &tokens_yaml()).await;
-    (gw, hits, files)
+    (gw, hits, files, addr.port())
 }
 
 #[tokio::test]
 async fn an_https_upstream_signed_by_the_routes_upstream_ca_is_trusted() {
-    let (gw, hits, _files) = https_upstream_gateway().await;
+    let (gw, hits, _files, port) = https_upstream_gateway().await;
     let r = get(gw.addr(), "/secure/x", &[&bearer(AGENT)]).await;
     assert_eq!(r.status, 200, "{}", r.head);
     assert_eq!(r.body, b"tls upstream");
-    assert_eq!(*hits.lock().unwrap(), ["/secure/x http"]);
+    // The Host sent is the upstream's own, port included (not 443).
+    let sent = format!("/secure/x http localhost:{port}");
+    assert_eq!(*hits.lock().unwrap(), [sent]);
 }
 
 #[tokio::test]
 async fn an_https_upstream_outside_the_web_roots_without_upstream_ca_is_a_bad_gateway() {
-    let (gw, hits, _files) = https_upstream_gateway().await;
+    let (gw, hits, _files, _) = https_upstream_gateway().await;
     let r = get(gw.addr(), "/untrusted/x", &[&bearer(AGENT)]).await;
     assert_refusal(&r, 502, "bad_gateway");
     assert!(hits.lock().unwrap().is_empty(), "no request reached it");
@@ -447,5 +455,6 @@ async fn a_reload_rereads_an_upstream_ca_bundle_replaced_in_place() {
     gw.launched.control.reload().unwrap();
     let r = get(gw.addr(), "/secure/x", &[&bearer(AGENT)]).await;
     assert_eq!(r.status, 200, "{}", r.head);
-    assert_eq!(*hits.lock().unwrap(), ["/secure/x http"]);
+    let sent = format!("/secure/x http localhost:{}", addr.port());
+    assert_eq!(*hits.lock().unwrap(), [sent]);
 }
