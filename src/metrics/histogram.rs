@@ -22,26 +22,16 @@ const SHARDS: usize = 16;
 
 /// One thread's counters: per bucket, and the sum in nanoseconds.
 #[repr(align(128))]
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct Shard {
     buckets: [AtomicU64; BOUNDS + 1],
     sum_nanos: AtomicU64,
 }
 
 /// A latency histogram in seconds (cloning shares it).
-#[derive(Clone, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Histogram {
     shards: Arc<[Shard; SHARDS]>,
-}
-
-impl std::fmt::Debug for Histogram {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let (sum, count, _) = self.totals();
-        f.debug_struct("Histogram")
-            .field("count", &count)
-            .field("sum", &sum)
-            .finish()
-    }
 }
 
 /// The bucket's upper bound, `f64::MAX` standing for `+Inf`.

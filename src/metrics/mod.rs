@@ -57,10 +57,6 @@ impl Limit {
     }
 }
 
-fn duration_histogram() -> Histogram {
-    Histogram::default()
-}
-
 /// Every `error` code a refusal can carry (the `reason` label).
 pub const REASONS: &[&str] = &[
     "bad_path",
@@ -119,7 +115,7 @@ impl RouteMetrics {
 pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
-    upstream_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    upstream_duration: Family<RouteLabels, Histogram>,
     denied: HashMap<&'static str, Counter>,
     routes: Mutex<HashMap<String, Arc<RouteMetrics>>>,
     pub no_route: Arc<RouteMetrics>,
@@ -158,10 +154,7 @@ impl Metrics {
                 )
             })
             .collect();
-        let upstream_duration =
-            Family::<RouteLabels, Histogram, fn() -> Histogram>::new_with_constructor(
-                duration_histogram,
-            );
+        let upstream_duration = Family::<RouteLabels, Histogram>::default();
         registry.register(
             "tollgate_upstream_duration_seconds",
             "Time from sending a request upstream to its response head",
@@ -217,7 +210,7 @@ impl Metrics {
             route: String::new(),
             requests: requests.clone(),
             statuses: (100..600).map(|_| OnceLock::new()).collect(),
-            upstream_duration: duration_histogram(),
+            upstream_duration: Histogram::default(),
         });
         Arc::new(Metrics {
             registry,
