@@ -52,6 +52,13 @@ struct Idle {
     since: Instant,
 }
 
+impl Idle {
+    /// Open, and idle no longer than [`POOL_IDLE`].
+    fn usable(&self) -> bool {
+        !self.sender.is_closed() && self.since.elapsed() <= POOL_IDLE
+    }
+}
+
 /// The idle connections of one worker thread, by upstream number
 /// ([`upstream_number`]).
 #[derive(Default)]
@@ -79,20 +86,17 @@ pub fn upstream_number(authority: &Authority) -> usize {
 impl Pool {
     /// An idle connection to `upstream` ready for a request, the most
     /// recently used first (its socket and buffers are the likeliest to be
-    /// warm). Closed ones and ones idle too long are dropped on the way; one
-    /// whose last response hyper has not finished with yet is left.
+    /// warm). Unusable ones are dropped on the way; one whose last response
+    /// hyper has not finished with yet is left.
     fn take(&mut self, upstream: usize) -> Option<SendRequest<RequestBody>> {
         let idle = self.idle.get_mut(upstream)?;
         let mut i = idle.len();
         while i > 0 {
             i -= 1;
-            if idle[i].sender.is_closed() {
+            if !idle[i].usable() {
                 idle.swap_remove(i);
             } else if idle[i].sender.is_ready() {
-                let c = idle.swap_remove(i);
-                if c.since.elapsed() <= POOL_IDLE {
-                    return Some(c.sender);
-                }
+                return Some(idle.swap_remove(i).sender);
             }
         }
         None
@@ -119,11 +123,11 @@ impl Pool {
         }
     }
 
-    /// Drops closed connections and idle ones past [`POOL_IDLE`] (dropping
-    /// an idle connection's sender closes it).
+    /// Drops unusable connections (dropping an idle connection's sender
+    /// closes it).
     fn sweep(&mut self) {
         for idle in &mut self.idle {
-            idle.retain(|c| !c.sender.is_closed() && c.since.elapsed() <= POOL_IDLE);
+            idle.retain(Idle::usable);
         }
     }
 }
