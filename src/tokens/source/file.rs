@@ -103,7 +103,7 @@ impl FileSource {
         let path = self.path.clone();
         blocking(move || {
             let text = read_existing(&path)?;
-            Self::parse(&path, &text).map_err(|e| SourceError::Invalid(e.to_string()))
+            Ok(Self::parse(&path, &text)?)
         })
         .await
     }
@@ -125,10 +125,7 @@ impl FileSource {
             if previous.as_ref() == Some(&fingerprint) {
                 return Ok(None);
             }
-            let records =
-                Self::parse(&path, &text).map_err(|e| SourceError::Invalid(e.to_string()))?;
-            let index =
-                TokenIndex::build(records).map_err(|e| SourceError::Invalid(e.to_string()))?;
+            let index = TokenIndex::build(Self::parse(&path, &text)?)?;
             Ok(Some((index, fingerprint)))
         })
         .await
@@ -257,7 +254,7 @@ impl FileSource {
                 let body = serde_norway::to_string(&TokenFileRef { tokens: &specs })
                     .map_err(|e| SourceError::Invalid(format!("cannot write tokens: {e}")))?;
                 let text = format!("{header}{body}");
-                Self::parse(&path, &text).map_err(|e| SourceError::Invalid(e.to_string()))?;
+                Self::parse(&path, &text)?;
                 if write_atomic(&path, &text, original.as_deref())? {
                     return Ok(());
                 }
@@ -470,13 +467,13 @@ fn is_change_of(event: &notify::Event, name: &OsStr) -> bool {
             .any(|p| p.file_name().is_some_and(|n| n == name || n == "..data"))
 }
 
-/// The file's text, `None` if it does not exist. Reads at most one byte
-/// over the limit so a huge file is refused without reading it whole.
 /// The file's text; a missing file is [`SourceError::Unavailable`].
 fn read_existing(path: &Path) -> Result<String, SourceError> {
     read_text(path)?.ok_or_else(|| unavailable(path, io::ErrorKind::NotFound.into()))
 }
 
+/// The file's text, `None` if it does not exist. Reads at most one byte
+/// over the limit so a huge file is refused without reading it whole.
 fn read_text(path: &Path) -> Result<Option<String>, SourceError> {
     let file = match std::fs::File::open(path) {
         Ok(f) => f,

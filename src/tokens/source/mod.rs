@@ -29,6 +29,21 @@ pub enum SourceError {
     Unsupported(String),
 }
 
+/// A token file that does not parse: every problem, one per line.
+impl From<crate::config::ConfigErrors> for SourceError {
+    fn from(e: crate::config::ConfigErrors) -> Self {
+        SourceError::Invalid(e.to_string())
+    }
+}
+
+/// Records that cannot form an index (an id unfit for a header, a
+/// duplicate id or hash).
+impl From<super::index::IndexError> for SourceError {
+    fn from(e: super::index::IndexError) -> Self {
+        SourceError::Invalid(e.to_string())
+    }
+}
+
 /// A summary of what one load read — computed by the database in the same
 /// snapshot, or the SHA-256 of a token file's bytes: equal fingerprints mean
 /// the same tokens, so a re-read that finds the fingerprint unchanged need
