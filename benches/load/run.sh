@@ -193,21 +193,26 @@ routes:
     scopes: [scope:bench]
     anonymous: read
 EOF
-# The same gateway with `log.access: false`, for the access log's cost.
-sed -e "s/:$p_tg\$/:$p_quiet/" -e "s/:$p_admin\$/:$p_admin2/" -e "s/access: true/access: false/" \
-  "$work/gateway.yaml" >"$work/quiet.yaml"
-TOLLGATE_WORKERS=$workers taskset -c "$proxy_cores" "$bin" serve -c "$work/gateway.yaml" \
-  >"$work/tollgate.access.log" 2>"$work/tollgate.log" &
+# The same gateway with `log.access: false`, for the access log's cost; with
+# BASELINE, the first config served by another build.
+variant() { # name port admin-port [sed expressions...]
+  local name=$1 port=$2 admin=$3
+  shift 3
+  sed -e "s/:$p_tg\$/:$port/" -e "s/:$p_admin\$/:$admin/" "$@" "$work/gateway.yaml" >"$work/$name.yaml"
+}
+gateway() { # binary name access-log -> starts it; its pid is $!
+  TOLLGATE_WORKERS=$workers taskset -c "$proxy_cores" "$1" serve -c "$work/$2.yaml" \
+    >"$3" 2>"$work/$2.log" &
+}
+variant quiet "$p_quiet" "$p_admin2" -e "s/access: true/access: false/"
+gateway "$bin" gateway "$work/tollgate.access.log"
 tg_pid=$!
-TOLLGATE_WORKERS=$workers taskset -c "$proxy_cores" "$bin" serve -c "$work/quiet.yaml" \
-  >/dev/null 2>"$work/quiet.log" &
+gateway "$bin" quiet /dev/null
 quiet_pid=$!
 admins="$p_admin $p_admin2"
 if [ -n "${BASELINE:-}" ]; then
-  sed -e "s/:$p_tg\$/:$p_baseline/" -e "s/:$p_admin\$/:$p_admin3/" \
-    "$work/gateway.yaml" >"$work/baseline.yaml"
-  TOLLGATE_WORKERS=$workers taskset -c "$proxy_cores" "$(realpath "$BASELINE")" serve \
-    -c "$work/baseline.yaml" >"$work/baseline.access.log" 2>"$work/baseline.log" &
+  variant baseline "$p_baseline" "$p_admin3"
+  gateway "$(realpath "$BASELINE")" baseline "$work/baseline.access.log"
   baseline_pid=$!
   admins="$admins $p_admin3"
 fi
