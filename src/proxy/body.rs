@@ -17,6 +17,7 @@ use hyper::body::Incoming;
 
 use super::pool::Lease;
 use crate::accesslog::{AccessLog, Record};
+use crate::server::activity::InFlight;
 
 /// A request or response body streamed from the other side.
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -39,6 +40,9 @@ pub struct ResponseBody {
     /// pool once the body has ended or is dropped (after `inner`, declared
     /// before it).
     lease: Option<Lease>,
+    /// Keeps the request in flight on its client connection until the body
+    /// is done (its idle wait starts then).
+    in_flight: Option<InFlight>,
 }
 
 impl ResponseBody {
@@ -47,6 +51,7 @@ impl ResponseBody {
             inner: Inner::Full(Some(bytes)),
             log: None,
             lease: None,
+            in_flight: None,
         }
     }
 
@@ -55,6 +60,7 @@ impl ResponseBody {
             inner: Inner::Full(None),
             log: None,
             lease: None,
+            in_flight: None,
         }
     }
 
@@ -65,6 +71,7 @@ impl ResponseBody {
             inner: Inner::Upstream(body),
             log: None,
             lease,
+            in_flight: None,
         }
     }
 
@@ -72,6 +79,11 @@ impl ResponseBody {
     /// `bytes_out` counted.
     pub fn log_when_done(&mut self, log: Arc<AccessLog>, record: Record) {
         self.log = Some((log, record));
+    }
+
+    /// Holds `in_flight` until the body is finished or dropped.
+    pub fn hold(&mut self, in_flight: InFlight) {
+        self.in_flight = Some(in_flight);
     }
 
     fn count(&mut self, n: usize) {

@@ -16,6 +16,7 @@
 //! connection is tracked until it closes, and shutdown waits for them up to
 //! `shutdown_grace`, then stops the extra runtimes.
 
+pub mod activity;
 pub mod launch;
 pub mod reload;
 pub mod signal;
@@ -35,6 +36,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
 
+use self::activity::{Activity, Start, Watched};
 use crate::gateway::{Conn, Gateway};
 
 /// The HTTP/2 client connection preface.
@@ -267,15 +269,17 @@ async fn serve_connection(
     listener: usize,
     stop: watch::Receiver<bool>,
 ) {
-    let (tls, header_read, max_header_bytes) = {
+    let (tls, limits) = {
         let snap = gateway.current.load();
         let rt = &snap.runtime;
-        (
-            rt.tls.get(listener).cloned().flatten(),
-            rt.settings.timeouts.header_read,
-            rt.settings.limits.max_header_bytes,
-        )
+        let limits = Limits {
+            header_read: rt.settings.timeouts.header_read,
+            idle: rt.settings.timeouts.idle,
+            max_header_bytes: rt.settings.limits.max_header_bytes,
+        };
+        (rt.tls.get(listener).cloned().flatten(), limits)
     };
+    let header_read = limits.header_read;
     match tls {
         Some(config) => {
             let acceptor = tokio_rustls::TlsAcceptor::from(config);
@@ -285,16 +289,7 @@ async fn serve_connection(
             };
             let h2 = stream.get_ref().1.alpn_protocol() == Some(tls::ALPN_H2);
             let conn = Conn { peer, tls: true };
-            run_http(
-                gateway,
-                stream,
-                conn,
-                h2,
-                header_read,
-                max_header_bytes,
-                stop,
-            )
-            .await;
+            run_http(gateway, stream, conn, h2, limits, stop).await;
         }
         None => {
             let h2 = match tokio::time::timeout(header_read, sniff_h2(&stream)).await {
@@ -302,16 +297,7 @@ async fn serve_connection(
                 _ => return,
             };
             let conn = Conn { peer, tls: false };
-            run_http(
-                gateway,
-                stream,
-                conn,
-                h2,
-                header_read,
-                max_header_bytes,
-                stop,
-            )
-            .await;
+            run_http(gateway, stream, conn, h2, limits, stop).await;
         }
     }
 }
@@ -332,51 +318,65 @@ async fn sniff_h2(stream: &TcpStream) -> std::io::Result<bool> {
     }
 }
 
+/// A connection's limits, read once from the snapshot it opened under.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    header_read: Duration,
+    idle: Duration,
+    max_header_bytes: usize,
+}
+
 async fn run_http<I>(
     gateway: Arc<Gateway>,
     io: I,
     conn: Conn,
     h2: bool,
-    header_read: Duration,
-    max_header_bytes: usize,
+    limits: Limits,
     mut stop: watch::Receiver<bool>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let start = if h2 { Start::Idle } else { Start::Head };
+    let activity = Activity::new(limits.header_read, limits.idle, start);
+    let requests = activity.clone();
     let service = service_fn(move |req| {
         let gateway = gateway.clone();
-        async move { Ok::<_, Infallible>(gateway.handle(conn, req).await) }
+        let in_flight = requests.begin();
+        async move {
+            let mut resp = gateway.handle(conn, req).await;
+            resp.body_mut().hold(in_flight);
+            Ok::<_, Infallible>(resp)
+        }
     });
-    let io = TokioIo::new(io);
+    let stop = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
     if h2 {
         let mut builder = http2::Builder::new(TokioExecutor::new());
         builder
             .timer(TokioTimer::new())
-            .max_header_list_size(max_header_bytes as u32)
+            .max_header_list_size(limits.max_header_bytes as u32)
             .keep_alive_interval(Some(Duration::from_secs(30)));
-        let connection = builder.serve_connection(io, service);
-        tokio::pin!(connection);
-        tokio::select! {
-            _ = connection.as_mut() => return,
-            _ = stop.wait_for(|s| *s) => connection.as_mut().graceful_shutdown(),
-        }
-        let _ = connection.await;
+        let connection = builder.serve_connection(TokioIo::new(io), service);
+        activity::serve_watched(connection, &activity, stop, |c| c.graceful_shutdown()).await;
     } else {
         let mut builder = http1::Builder::new();
         builder
-            .timer(TokioTimer::new())
-            .header_read_timeout(header_read)
-            .max_buf_size(max_header_bytes.max(8192))
+            // `Activity` keeps the header-read and idle limits apart.
+            .header_read_timeout(None)
+            .max_buf_size(limits.max_header_bytes.max(8192))
             .keep_alive(true)
             // One flat write buffer instead of vectored writes: measured
             // less CPU per request for small and 1 MiB responses alike
             // (README, Performance).
             .writev(false);
+        let io = TokioIo::new(Watched::new(io, activity.clone()));
+        let connection = builder.serve_connection(io, service).with_upgrades();
         // No graceful_shutdown on a drain: hyper would drop a request
         // whose head is half read. The gateway answers every request that
         // arrives while draining with 503 and `Connection: close`, and an
         // idle keep-alive connection closes at its header-read timeout.
-        let _ = builder.serve_connection(io, service).with_upgrades().await;
+        activity::serve_watched(connection, &activity, stop, |_| {}).await;
     }
 }
 

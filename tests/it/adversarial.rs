@@ -1749,24 +1749,57 @@ async fn slowloris_headers_trickled_byte_by_byte_are_cut_off_at_header_read() {
 }
 
 #[tokio::test]
-async fn an_idle_keep_alive_connection_is_closed_after_header_read() {
-    let (_up, gw) = setup().await;
+async fn an_idle_keep_alive_connection_outlives_header_read_and_closes_at_idle() {
+    let (up, gw) = setup().await;
     let mut stream = TcpStream::connect(gw.addr()).await.unwrap();
     let req = format!(
         "GET /api/v1/x HTTP/1.1\r\nHost: gw.test\r\n{}\r\n\r\n",
         bearer(AGENT)
     );
+    // header_read is 1 s and idle 2 s in the test config: 1.5 s of
+    // silence between requests is idleness, not a slow head.
+    let (rs, closed) = converse(&mut stream, req.as_bytes(), Duration::from_millis(1500)).await;
+    assert_eq!((rs.len(), rs[0].status, closed), (1, 200, false));
     let started = Instant::now();
-    // Reads until the gateway closes: header_read is 1 s in the test config.
-    let (rs, closed) = converse(&mut stream, req.as_bytes(), Duration::from_secs(4)).await;
-    assert_eq!(rs.len(), 1);
+    let (rs, closed) = converse(&mut stream, req.as_bytes(), Duration::from_secs(5)).await;
+    assert_eq!(rs.len(), 1, "the connection was closed while idle");
     assert_eq!(rs[0].status, 200);
     assert!(closed, "an idle connection was kept open");
     let took = started.elapsed();
     assert!(
-        (Duration::from_millis(800)..Duration::from_millis(2500)).contains(&took),
+        (Duration::from_millis(1800)..Duration::from_millis(3500)).contains(&took),
         "closed after {took:?}"
     );
+    assert_eq!(up.seen().len(), 2);
+}
+
+#[tokio::test]
+async fn a_head_begun_after_an_idle_wait_must_be_whole_within_header_read() {
+    let (up, gw) = setup().await;
+    let mut stream = TcpStream::connect(gw.addr()).await.unwrap();
+    let req = format!(
+        "GET /api/v1/x HTTP/1.1\r\nHost: gw.test\r\n{}\r\n\r\n",
+        bearer(AGENT)
+    );
+    let (rs, _) = converse(&mut stream, req.as_bytes(), Duration::from_millis(500)).await;
+    assert_eq!(rs.len(), 1);
+    // Half a head after 0.5 s idle, then silence: cut off at header_read
+    // (1 s) from its first byte, sooner than the idle limit (2 s).
+    let started = Instant::now();
+    let (rs, closed) = converse(
+        &mut stream,
+        b"GET /api/v1/y HTTP/1.1\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(closed, "a half head was waited for past header_read");
+    assert!(rs.iter().all(|r| r.status == 408), "{rs:?}");
+    let took = started.elapsed();
+    assert!(
+        (Duration::from_millis(800)..Duration::from_millis(1800)).contains(&took),
+        "closed after {took:?}"
+    );
+    assert_eq!(up.seen().len(), 1);
 }
 
 #[tokio::test]

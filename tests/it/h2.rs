@@ -102,3 +102,34 @@ async fn an_h2c_upgrade_is_never_forwarded_and_the_answer_stays_http1() {
     assert_eq!(seen.header("connection"), None);
     assert_eq!(seen.header("x-tollgate-token-id"), Some("agent"));
 }
+
+#[tokio::test]
+async fn an_idle_h2_connection_is_closed_at_the_idle_limit() {
+    let (_up, gw) = standard().await;
+    let tcp = TcpStream::connect(gw.addr()).await.unwrap();
+    let mut client = h2_client(tcp).await;
+    let req = Request::get("http://gw.test/api/v1/x")
+        .header("authorization", format!("Bearer {AGENT}"))
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    assert_eq!(
+        read_answer(client.send_request(req).await.unwrap())
+            .await
+            .status,
+        200
+    );
+    let started = std::time::Instant::now();
+    // idle is 2 s in the test config (header_read 1 s does not apply).
+    while !client.is_closed() {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "an idle HTTP/2 connection was kept open"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let took = started.elapsed();
+    assert!(
+        took >= std::time::Duration::from_millis(1800),
+        "closed after {took:?}"
+    );
+}

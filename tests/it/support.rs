@@ -209,6 +209,7 @@ auth:
   headers: [xc-token]
 timeouts:
   header_read: 1s
+  idle: 2s
   upstream_response: 2s
   shutdown_grace: 5s
 routes:

@@ -1,0 +1,324 @@
+//! A connection's two waits and their limits: `timeouts.header_read` (a
+//! request head must arrive whole within it, counted from its first byte, or
+//! from the connection's start for the first request) and `timeouts.idle`
+//! (a keep-alive connection with no request in flight closes after it).
+//!
+//! hyper has one timer for both: it arms its header-read timeout as soon as
+//! it waits for the next request, so an idle connection would close at
+//! `header_read`. The gateway keeps its own instead. [`Activity`] is shared
+//! by the connection's service (each request holds an [`InFlight`] until its
+//! response body is done), by [`Watched`] (bytes read while idle start a
+//! head) and by [`Activity::expired`], the watchdog the connection is served
+//! beside.
+//!
+//! Cost: a request takes and drops one `InFlight` (an `Arc` clone and a few
+//! uncontended atomics) and reads the clock once, when it ends; a head read
+//! after an idle wait reads it once more. The watchdog's timer is re-armed
+//! only when it fires (the deadline it finds moved on is slept to again), so
+//! no timer is registered or removed per request, as hyper's was.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// The low bit of `Activity::deadline`: the wait is for a request head.
+const HEAD: u64 = 1;
+
+/// What a connection is waiting for, and until when.
+#[derive(Debug)]
+pub struct Activity {
+    opened: Instant,
+    /// Requests whose responses are not done yet.
+    in_flight: AtomicU32,
+    /// When the current wait ends, in microseconds since `opened`, shifted
+    /// left one bit; the low bit is [`HEAD`] for a head, 0 for idleness.
+    deadline: AtomicU64,
+    header_read: u64,
+    /// The idle limit in microseconds; shortened to `header_read` by a drain.
+    idle: AtomicU64,
+}
+
+/// Which wait a connection starts with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// HTTP/1: the first request head, under `header_read`.
+    Head,
+    /// HTTP/2: idle until the first stream (the preface has arrived).
+    Idle,
+}
+
+impl Activity {
+    pub fn new(header_read: Duration, idle: Duration, start: Start) -> Arc<Self> {
+        let header_read = micros(header_read);
+        let idle = micros(idle);
+        let deadline = match start {
+            Start::Head => header_read << 1 | HEAD,
+            Start::Idle => idle << 1,
+        };
+        Arc::new(Activity {
+            opened: Instant::now(),
+            in_flight: AtomicU32::new(0),
+            deadline: AtomicU64::new(deadline),
+            header_read,
+            idle: AtomicU64::new(idle),
+        })
+    }
+
+    /// A request has arrived; it is in flight until the guard is dropped.
+    pub fn begin(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(self.clone())
+    }
+
+    /// Bytes arrived: after an idle wait they start a request head, which
+    /// must then be whole within `header_read`.
+    fn read_some(&self) {
+        if self.in_flight.load(Ordering::Acquire) == 0
+            && self.deadline.load(Ordering::Relaxed) & HEAD == 0
+        {
+            self.wait(self.header_read, HEAD);
+        }
+    }
+
+    fn wait(&self, limit: u64, kind: u64) {
+        let until = self.now().saturating_add(limit);
+        self.deadline.store(until << 1 | kind, Ordering::Release);
+    }
+
+    fn now(&self) -> u64 {
+        micros(self.opened.elapsed())
+    }
+
+    /// From now on idleness is limited to `header_read` (a draining
+    /// gateway's connections close sooner), also a wait already begun.
+    pub fn drain(&self) {
+        let idle = self.idle.load(Ordering::Relaxed).min(self.header_read);
+        self.idle.store(idle, Ordering::Relaxed);
+        let current = self.deadline.load(Ordering::Acquire);
+        if current & HEAD == 0 {
+            let until = (current >> 1).min(self.now().saturating_add(idle));
+            self.deadline.store(until << 1, Ordering::Release);
+        }
+    }
+
+    /// How long until the current wait ends; `None` once it has ended. With
+    /// a request in flight there is no wait: the answer is when to look
+    /// again.
+    fn remaining(&self) -> Option<Duration> {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            let recheck = self.header_read.min(self.idle.load(Ordering::Relaxed));
+            return Some(Duration::from_micros(recheck.max(1)));
+        }
+        let until = self.deadline.load(Ordering::Acquire) >> 1;
+        let left = until.checked_sub(self.now()).filter(|&left| left > 0)?;
+        Some(Duration::from_micros(left))
+    }
+
+    /// Resolves when the connection has waited too long: for a head, or
+    /// idle with nothing in flight.
+    pub async fn expired(&self) {
+        while let Some(left) = self.remaining() {
+            tokio::time::sleep(left).await;
+        }
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX >> 2)
+}
+
+/// A request in flight on its connection; dropping it (with the response
+/// body, or with the request when it is abandoned) starts the idle wait
+/// once none is left.
+#[derive(Debug)]
+pub struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        // The idle wait is set before the count drops, so a watchdog that
+        // finds nothing in flight never finds a stale deadline.
+        let activity = &self.0;
+        activity.wait(activity.idle.load(Ordering::Relaxed), 0);
+        activity.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// An HTTP/1 connection's transport, telling its [`Activity`] when bytes
+/// arrive.
+pub struct Watched<I> {
+    io: I,
+    activity: Arc<Activity>,
+}
+
+impl<I> Watched<I> {
+    pub fn new(io: I, activity: Arc<Activity>) -> Self {
+        Watched { io, activity }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.read_some();
+        }
+        polled
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// Serves `connection` until it ends or its [`Activity`] expires (then it
+/// is dropped, which closes it); `on_stop`, once `stop` resolves, gets the
+/// connection pinned, for a graceful shutdown where the protocol has one.
+pub async fn serve_watched<C, S>(
+    connection: C,
+    activity: &Activity,
+    stop: S,
+    on_stop: impl FnOnce(Pin<&mut C>),
+) where
+    C: Future,
+    S: Future,
+{
+    tokio::pin!(connection);
+    tokio::select! {
+        biased;
+        _ = connection.as_mut() => return,
+        _ = activity.expired() => return,
+        _ = stop => {
+            activity.drain();
+            on_stop(connection.as_mut());
+        }
+    }
+    tokio::select! {
+        biased;
+        _ = connection => {}
+        _ = activity.expired() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECOND: Duration = Duration::from_secs(1);
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[tokio::test]
+    async fn a_first_head_must_arrive_within_header_read() {
+        let activity = Activity::new(100 * MS, 60 * SECOND, Start::Head);
+        let started = Instant::now();
+        activity.expired().await;
+        let took = started.elapsed();
+        assert!(took >= 100 * MS && took < SECOND, "{took:?}");
+    }
+
+    #[test]
+    fn idleness_starts_when_the_last_request_in_flight_ends() {
+        let activity = Activity::new(SECOND, 60 * SECOND, Start::Head);
+        let first = activity.begin();
+        let second = activity.begin();
+        assert_eq!(activity.remaining(), Some(SECOND), "a recheck, not a wait");
+        drop(first);
+        assert_eq!(activity.in_flight.load(Ordering::Relaxed), 1);
+        drop(second);
+        let left = activity.remaining().unwrap();
+        assert!(left > 59 * SECOND && left <= 60 * SECOND, "{left:?}");
+        assert_eq!(activity.deadline.load(Ordering::Relaxed) & HEAD, 0);
+    }
+
+    #[test]
+    fn bytes_after_an_idle_wait_start_a_head_and_more_bytes_do_not_extend_it() {
+        let activity = Activity::new(SECOND, 60 * SECOND, Start::Idle);
+        activity.read_some();
+        let deadline = activity.deadline.load(Ordering::Relaxed);
+        assert_eq!(deadline & HEAD, HEAD);
+        assert!(activity.remaining().unwrap() <= SECOND);
+        std::thread::sleep(Duration::from_millis(2));
+        activity.read_some();
+        assert_eq!(activity.deadline.load(Ordering::Relaxed), deadline);
+    }
+
+    #[test]
+    fn bytes_read_while_a_request_is_in_flight_change_nothing() {
+        let activity = Activity::new(SECOND, 60 * SECOND, Start::Idle);
+        let request = activity.begin();
+        let deadline = activity.deadline.load(Ordering::Relaxed);
+        activity.read_some();
+        assert_eq!(activity.deadline.load(Ordering::Relaxed), deadline);
+        drop(request);
+    }
+
+    #[test]
+    fn a_drain_shortens_an_idle_wait_to_header_read_but_not_a_head() {
+        let activity = Activity::new(SECOND, 60 * SECOND, Start::Idle);
+        activity.drain();
+        assert!(activity.remaining().unwrap() <= SECOND);
+        drop(activity.begin());
+        assert!(activity.remaining().unwrap() <= SECOND, "later waits too");
+
+        let head = Activity::new(5 * SECOND, 60 * SECOND, Start::Head);
+        head.drain();
+        assert!(head.remaining().unwrap() > 4 * SECOND);
+    }
+
+    #[tokio::test]
+    async fn the_watchdog_follows_a_deadline_that_moved_while_it_slept() {
+        let activity = Activity::new(100 * MS, 300 * MS, Start::Idle);
+        let started = Instant::now();
+        let watchdog = activity.expired();
+        tokio::pin!(watchdog);
+        // A request in flight through the first 400 ms, then 300 ms idle.
+        let request = activity.begin();
+        tokio::select! {
+            _ = watchdog.as_mut() => panic!("expired with a request in flight"),
+            _ = tokio::time::sleep(400 * MS) => {}
+        }
+        drop(request);
+        watchdog.await;
+        let took = started.elapsed();
+        assert!(took >= 700 * MS && took < 3 * SECOND, "{took:?}");
+    }
+}
