@@ -135,20 +135,55 @@ async fn load_tokens(settings: &Settings) -> anyhow::Result<TokenIndex> {
 }
 
 /// Sets up diagnostics on stderr (the access log owns stdout), with
-/// colours only on a terminal.
+/// colours only on a terminal. The filter can be replaced later by
+/// [`apply_log_level`] (a reload).
 pub fn init_tracing(settings: &Settings) {
     use std::io::IsTerminal;
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_new(log_filter(&settings.log.level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_env_filter(env_filter(&settings.log.level))
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
-    let _ = match settings.log.format {
-        config::LogFormat::Json => builder.json().try_init(),
-        config::LogFormat::Text => builder.try_init(),
+    // The handle's type names the whole subscriber, so each format keeps
+    // its own behind one setter.
+    let (setter, installed): (LevelSetter, _) = match settings.log.format {
+        config::LogFormat::Json => {
+            let builder = builder.json().with_filter_reloading();
+            let handle = builder.reload_handle();
+            (
+                Box::new(move |f| handle.reload(f).is_ok()),
+                builder.try_init(),
+            )
+        }
+        config::LogFormat::Text => {
+            let builder = builder.with_filter_reloading();
+            let handle = builder.reload_handle();
+            (
+                Box::new(move |f| handle.reload(f).is_ok()),
+                builder.try_init(),
+            )
+        }
     };
+    if installed.is_ok() {
+        let _ = LEVEL_SETTER.set(setter);
+    }
+}
+
+type LevelSetter = Box<dyn Fn(tracing_subscriber::EnvFilter) -> bool + Send + Sync>;
+
+/// Replaces the filter of the subscriber `init_tracing` installed.
+static LEVEL_SETTER: std::sync::OnceLock<LevelSetter> = std::sync::OnceLock::new();
+
+/// Applies `log.level` to the running diagnostics (a reload); a no-op where
+/// [`init_tracing`] did not install the subscriber (tests, embedders).
+pub fn apply_log_level(level: &str) {
+    if let Some(set) = LEVEL_SETTER.get() {
+        set(env_filter(level));
+    }
+}
+
+fn env_filter(level: &str) -> tracing_subscriber::EnvFilter {
+    use tracing_subscriber::EnvFilter;
+    EnvFilter::try_new(log_filter(level)).unwrap_or_else(|_| EnvFilter::new("info"))
 }
 
 /// Dependencies whose `debug` and `trace` output is protocol detail (HTTP/2

@@ -112,6 +112,7 @@ impl Control {
         let gw = &self.gateway;
         let runtime = Runtime::compile(settings, &gw.lasting)?;
         gw.access_log.set_format(runtime.settings.log.format);
+        crate::cli::apply_log_level(&runtime.settings.log.level);
         gw.current.set_runtime(runtime);
         self.start_tokens();
         tracing::info!(config = %self.config_path.display(), "configuration reloaded");

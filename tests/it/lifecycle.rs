@@ -326,3 +326,41 @@ async fn sighup_with_a_broken_config_keeps_serving_and_sigterm_drains_and_exits_
     };
     assert_eq!(status.code(), Some(0));
 }
+
+#[tokio::test]
+async fn sighup_applies_a_new_log_level() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gateway.yaml");
+    let yaml = gateway_yaml(up.addr, "").replace("level: warn", "level: info");
+    std::fs::write(&config, &yaml).unwrap();
+    std::fs::write(dir.path().join("tokens.yaml"), tokens_yaml()).unwrap();
+    let served = serve_process(&config);
+    let hup = || {
+        let ok = Command::new("kill")
+            .args(["-HUP", &served.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    };
+    wait_status(served.addr, AGENT, 200).await;
+
+    // At `warn` the reload's own info line is no longer written; the new
+    // scopes show the reload happened.
+    let quiet = yaml
+        .replace("level: info", "level: warn")
+        .replace("scopes: [scope:agent-ui]", "scopes: [scope:other]");
+    std::fs::write(&config, quiet).unwrap();
+    hup();
+    wait_status(served.addr, AGENT, 403).await;
+    // Back at `info`, it is.
+    std::fs::write(&config, &yaml).unwrap();
+    hup();
+    wait_status(served.addr, AGENT, 200).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while served.log_count("configuration reloaded") == 0 {
+        assert!(Instant::now() < deadline, "no reload line at info");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(served.log_count("configuration reloaded"), 1);
+}
