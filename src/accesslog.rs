@@ -1,15 +1,18 @@
 //! The access log: one line per request on stdout, written off the request
 //! path.
 //!
-//! Requests hand a [`Record`] to a bounded channel; one writer thread
-//! formats and writes whole batches, so the hot path never makes a
-//! `write(2)`. After each batch the writer lets records gather for
-//! [`GATHER`] without waiting on the channel, so under load queueing a
-//! record wakes no thread: the log costs one wake-up and one write per
-//! interval, not per request. When the channel is full the line is dropped
-//! and counted ([`AccessLog::dropped`]) rather than slowing requests down.
-//! Invariant: a record holds no credential, token or hash — only the token
-//! id.
+//! A request formats its line on its own thread when its response is done
+//! (the record's data is still in that core's cache) and hands the bytes to
+//! a bounded channel; one writer thread copies whole batches into one
+//! buffer and writes it, so the hot path never makes a `write(2)`. After
+//! each batch the writer lets lines gather for [`GATHER`] without waiting
+//! on the channel, so under load queueing a line wakes no thread: the log
+//! costs one wake-up and a few writes per interval, not per request. The
+//! writer's own work is a copy per line, so a batch never holds a core
+//! (shared with a worker) for longer than its writes take. When the channel
+//! is full the line is dropped and counted ([`AccessLog::dropped`]) rather
+//! than slowing requests down. Invariant: a record holds no credential,
+//! token or hash — only the token id.
 
 use std::io::Write;
 use std::net::IpAddr;
@@ -33,10 +36,10 @@ const QUEUE: usize = 64 * 1024;
 /// tenth of the gateway's CPU time.
 pub const GATHER: Duration = Duration::from_millis(10);
 
-/// What travels to the writer: a record, or a request to confirm that
-/// everything queued before it is written.
+/// What travels to the writer: a formatted line, or a request to confirm
+/// that everything queued before it is written.
 enum Message {
-    Record(Record),
+    Line(Vec<u8>),
     Flush(SyncSender<()>),
 }
 
@@ -59,7 +62,7 @@ pub struct Record {
 pub struct AccessLog {
     tx: SyncSender<Message>,
     dropped: AtomicU64,
-    format: Arc<AtomicU8>,
+    format: AtomicU8,
 }
 
 impl AccessLog {
@@ -71,16 +74,14 @@ impl AccessLog {
     /// [`AccessLog::start`] with `queue` lines of room before dropping.
     fn with_queue(sink: Box<dyn Write + Send>, format: LogFormat, queue: usize) -> Arc<AccessLog> {
         let (tx, rx) = sync_channel(queue);
-        let format = Arc::new(AtomicU8::new(format as u8));
-        let writer_format = format.clone();
         std::thread::Builder::new()
             .name("tollgate-access-log".into())
-            .spawn(move || write_loop(rx, sink, &writer_format))
+            .spawn(move || write_loop(rx, sink))
             .expect("spawning the access-log thread");
         Arc::new(AccessLog {
             tx,
             dropped: AtomicU64::new(0),
-            format,
+            format: AtomicU8::new(format as u8),
         })
     }
 
@@ -89,9 +90,11 @@ impl AccessLog {
         self.format.store(format as u8, Ordering::Relaxed);
     }
 
-    /// Queues a record; drops it (and counts) if the writer is behind.
+    /// Formats a record and queues the line; drops it (and counts) if the
+    /// writer is behind.
     pub fn submit(&self, record: Record) {
-        match self.tx.try_send(Message::Record(record)) {
+        let json = self.format.load(Ordering::Relaxed) == LogFormat::Json as u8;
+        match self.tx.try_send(Message::Line(format_line(&record, json))) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
@@ -125,16 +128,17 @@ impl AccessLog {
     }
 }
 
-fn write_loop(rx: Receiver<Message>, sink: Box<dyn Write + Send>, format: &AtomicU8) {
+fn write_loop(rx: Receiver<Message>, sink: Box<dyn Write + Send>) {
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, sink);
     let mut flushed = Vec::new();
     while let Ok(first) = rx.recv() {
-        let json = format.load(Ordering::Relaxed) == LogFormat::Json as u8;
         // Write whatever else is queued with it, then the batch at once.
         let mut next = Some(first);
         while let Some(message) = next {
             match message {
-                Message::Record(r) => write_record(&mut out, &r, json),
+                Message::Line(line) => {
+                    let _ = out.write_all(&line);
+                }
                 Message::Flush(done) => flushed.push(done),
             }
             next = rx.try_recv().ok();
@@ -149,9 +153,9 @@ fn write_loop(rx: Receiver<Message>, sink: Box<dyn Write + Send>, format: &Atomi
 
 #[derive(Serialize)]
 struct Line<'a> {
-    ts: String,
+    ts: &'a str,
     request_id: &'a str,
-    client_ip: String,
+    client_ip: &'a str,
     method: &'a str,
     path: &'a str,
     route: Option<&'a str>,
@@ -161,13 +165,21 @@ struct Line<'a> {
     bytes_out: u64,
 }
 
-fn write_record(out: &mut impl Write, r: &Record, json: bool) {
+/// One log line, newline included: JSON, or `key=value` text.
+fn format_line(r: &Record, json: bool) -> Vec<u8> {
+    // Both values are formatted on the stack; the line is the only
+    // allocation.
+    let mut ts = [0u8; 48];
+    let mut ip = [0u8; 48];
     let line = Line {
-        ts: OffsetDateTime::from(r.ts)
-            .format(&Rfc3339)
-            .unwrap_or_default(),
+        ts: format_into(&mut ts, |w| {
+            OffsetDateTime::from(r.ts)
+                .format_into(w, &Rfc3339)
+                .map(drop)
+                .map_err(std::io::Error::other)
+        }),
         request_id: r.request_id.to_str().unwrap_or("-"),
-        client_ip: r.client_ip.to_string(),
+        client_ip: format_into(&mut ip, |w| write!(w, "{}", r.client_ip)),
         method: r.method.as_str(),
         path: &r.path,
         route: r.route.as_deref(),
@@ -176,8 +188,9 @@ fn write_record(out: &mut impl Write, r: &Record, json: bool) {
         duration_ms: (r.duration.as_secs_f64() * 1e6).round() / 1e3,
         bytes_out: r.bytes_out,
     };
+    let mut out = Vec::with_capacity(256);
     let _ = if json {
-        serde_json::to_writer(&mut *out, &line).map_err(std::io::Error::from)
+        serde_json::to_writer(&mut out, &line).map_err(std::io::Error::from)
     } else {
         write!(
             out,
@@ -194,7 +207,21 @@ fn write_record(out: &mut impl Write, r: &Record, json: bool) {
             line.bytes_out
         )
     };
-    let _ = out.write_all(b"\n");
+    out.push(b'\n');
+    out
+}
+
+/// What `write` puts into `buf`, as text; empty if it did not fit.
+fn format_into(
+    buf: &mut [u8],
+    write: impl FnOnce(&mut std::io::Cursor<&mut [u8]>) -> std::io::Result<()>,
+) -> &str {
+    let mut cursor = std::io::Cursor::new(&mut *buf);
+    let n = match write(&mut cursor) {
+        Ok(()) => cursor.position() as usize,
+        Err(_) => 0,
+    };
+    std::str::from_utf8(&buf[..n]).unwrap_or("")
 }
 
 #[cfg(test)]
@@ -262,6 +289,30 @@ mod tests {
         assert_eq!(v["status"], 200);
         assert_eq!(v["duration_ms"], 1.5);
         assert_eq!(v["bytes_out"], 12);
+    }
+
+    #[test]
+    fn a_format_switch_applies_from_the_next_request_on() {
+        let sink = Shared::default();
+        let log = AccessLog::start(Box::new(sink.clone()), LogFormat::Json);
+        log.submit(record());
+        log.set_format(LogFormat::Text);
+        log.submit(record());
+        log.flush(Duration::from_secs(5));
+        let text = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!(
+            lines[0].starts_with("{\"ts\":\"1970-01-01T00:00:00Z\""),
+            "{}",
+            lines[0]
+        );
+        assert!(
+            lines[1]
+                .starts_with("1970-01-01T00:00:00Z request_id=abc client_ip=127.0.0.1 method=GET"),
+            "{}",
+            lines[1]
+        );
     }
 
     /// A sink whose first write blocks until released, as a stalled pipe
