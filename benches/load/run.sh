@@ -21,7 +21,7 @@
 # rotating 10,000 tokens (tollgate and nginx-auth), a bad token (401) and an
 # exhausted token (429). Last, a 60 s soak at -c32 through tollgate counting
 # new upstream connections. Each proxy's CPU time per request comes from
-# /proc/<pid>/stat (utime + stime of all its processes).
+# /proc/<pid>/stat (utime + stime of all its processes; each is reported too).
 #
 # Writes benches/load/results/<UTC time>/{env.txt,runs.jsonl,summary.md} and
 # prints the summary. Needs nginx, wrk, taskset, curl, python3.
@@ -259,12 +259,13 @@ pids_of() { # target -> the process ids whose CPU time is the proxy's
     direct) with_workers "$work/upstream.pid" ;;
   esac
 }
-cpu_ticks() { # pids... -> utime + stime, in clock ticks
-  local t=0 p
+cpu_ticks() { # pids... -> "utime stime", in clock ticks
+  local u=0 k=0 p pu pk
   for p in "$@"; do
-    t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat")))
+    read -r pu pk < <(awk '{print $14, $15}' "/proc/$p/stat")
+    u=$((u + pu)) k=$((k + pk))
   done
-  echo "$t"
+  echo "$u $k"
 }
 hz=$(getconf CLK_TCK)
 
@@ -281,12 +282,15 @@ run() { # round target conns url [header] [script]
   [ -n "$header" ] && args+=(-H "$header")
   line=$(taskset -c "$wrk_cores" wrk "${args[@]}" "$url" | grep '^{"requests"')
   after=$(cpu_ticks "${pids[@]}")
-  python3 - "$line" "$round" "$target" "$conns" "$((after - before))" "$hz" <<'PY' | tee -a "$out/runs.jsonl"
+  python3 - "$line" "$round" "$target" "$conns" "$before" "$after" "$hz" <<'PY' | tee -a "$out/runs.jsonl"
 import json, sys
 r = json.loads(sys.argv[1])
-ticks, hz = int(sys.argv[5]), int(sys.argv[6])
+(u0, k0), (u1, k1) = (map(int, sys.argv[i].split()) for i in (5, 6))
+hz = int(sys.argv[7])
 r.update(round=int(sys.argv[2]), target=sys.argv[3], c=int(sys.argv[4]))
-r["cpu_us_per_req"] = round(ticks * 1e6 / hz / max(r["requests"], 1), 2)
+per_req = lambda ticks: round(ticks * 1e6 / hz / max(r["requests"], 1), 2)
+r["cpu_us_per_req"] = per_req(u1 - u0 + k1 - k0)
+r["user_us_per_req"], r["sys_us_per_req"] = per_req(u1 - u0), per_req(k1 - k0)
 print(json.dumps(r))
 PY
 }

@@ -48,14 +48,23 @@ for line in env_text.splitlines():
 print("```")
 print(env_text)
 print("```\n")
-print("| target | c | rps | p50 µs | p99 µs | CPU µs/req | non-2xx | socket errors |")
-print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+def split(target, c):
+    """Median user / kernel CPU µs per request (runs from before the split
+    was recorded have none)."""
+    rs = rows[(target, c)]
+    if not all("user_us_per_req" in r for r in rs):
+        return "–"
+    return f"{cpu(med('user_us_per_req', target, c))} / {cpu(med('sys_us_per_req', target, c))}"
+
+
+print("| target | c | rps | p50 µs | p99 µs | CPU µs/req | user / kernel | non-2xx | socket errors |")
+print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
 for (target, c) in sorted(rows, key=lambda k: (k[1], k[0])):
     rs = rows[(target, c)]
     print(
         f"| {target} | {c} | {spread('rps', target, c, n)} | {spread('p50_us', target, c, us)} "
         f"| {spread('p99_us', target, c, us)} | {spread('cpu_us_per_req', target, c, cpu)} "
-        f"| {sum(r['non2xx'] for r in rs)} | {sum(r['socket_errors'] for r in rs)} |"
+        f"| {split(target, c)} | {sum(r['non2xx'] for r in rs)} | {sum(r['socket_errors'] for r in rs)} |"
     )
 
 
@@ -68,6 +77,12 @@ print("| --- | --- | --- |")
 if have(("tollgate", 32), ("nginx", 32)):
     print(f"| rps tollgate / nginx proxy, c=32 | {med('rps', 'tollgate', 32) / med('rps', 'nginx', 32):.2f} | ≥ 1.15 |")
     print(f"| CPU/req tollgate / nginx proxy, c=32 | {med('cpu_us_per_req', 'tollgate', 32) / med('cpu_us_per_req', 'nginx', 32):.2f} | ≤ 0.85 |")
+    if split("tollgate", 32) != "–" and split("nginx", 32) != "–":
+        user = med("user_us_per_req", "tollgate", 32) / med("user_us_per_req", "nginx", 32)
+        kernel = med("sys_us_per_req", "tollgate", 32) / med("sys_us_per_req", "nginx", 32)
+        room = 0.85 * med("cpu_us_per_req", "nginx", 32) - med("sys_us_per_req", "tollgate", 32)
+        print(f"| user / kernel CPU/req tollgate / nginx proxy, c=32 | {user:.2f} / {kernel:.2f} | |")
+        print(f"| user CPU/req the CPU goal leaves at this kernel cost, c=32 | {room:.1f} µs (nginx proxy uses {med('user_us_per_req', 'nginx', 32):.1f}) | |")
 if have(("tollgate", 32), ("nginx-auth", 32)):
     print(f"| rps tollgate / nginx with map auth, c=32 | {med('rps', 'tollgate', 32) / med('rps', 'nginx-auth', 32):.2f} | |")
 if have(("tollgate", 32), ("tollgate-anonymous", 32)):
