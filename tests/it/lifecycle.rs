@@ -259,6 +259,18 @@ fn signal(p: &Proc, sig: &str) {
     assert!(ok.success());
 }
 
+/// The standard config (logging at `info`) and token file in a new
+/// directory, for a gateway process; the directory lives as long as the
+/// first value. Returns the config's path and text.
+fn config_files(up: &Upstream) -> (tempfile::TempDir, std::path::PathBuf, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gateway.yaml");
+    let yaml = gateway_yaml(up.addr, "").replace("level: warn", "level: info");
+    std::fs::write(&config, &yaml).unwrap();
+    std::fs::write(dir.path().join("tokens.yaml"), tokens_yaml()).unwrap();
+    (dir, config, yaml)
+}
+
 async fn wait_status(addr: std::net::SocketAddr, secret: &str, want: u16) {
     for _ in 0..200 {
         if let Ok(Ok(mut s)) =
@@ -282,11 +294,7 @@ async fn wait_status(addr: std::net::SocketAddr, secret: &str, want: u16) {
 #[tokio::test]
 async fn sighup_with_a_broken_config_keeps_serving_and_sigterm_drains_and_exits_0() {
     let up = Upstream::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("gateway.yaml");
-    let yaml = gateway_yaml(up.addr, "").replace("level: warn", "level: info");
-    std::fs::write(&config, &yaml).unwrap();
-    std::fs::write(dir.path().join("tokens.yaml"), tokens_yaml()).unwrap();
+    let (_dir, config, yaml) = config_files(&up);
     let mut p = spawn_serve(&config);
     wait_status(p.addr, AGENT, 200).await;
 
@@ -330,11 +338,7 @@ async fn sighup_with_a_broken_config_keeps_serving_and_sigterm_drains_and_exits_
 #[tokio::test]
 async fn sighup_applies_a_new_log_level() {
     let up = Upstream::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("gateway.yaml");
-    let yaml = gateway_yaml(up.addr, "").replace("level: warn", "level: info");
-    std::fs::write(&config, &yaml).unwrap();
-    std::fs::write(dir.path().join("tokens.yaml"), tokens_yaml()).unwrap();
+    let (_dir, config, yaml) = config_files(&up);
     let served = serve_process(&config);
     let hup = || {
         let ok = Command::new("kill")
