@@ -109,6 +109,11 @@ impl Activity {
         }
     }
 
+    /// A connection told to shut down gets `header_read` more to end.
+    fn last_wait(&self) {
+        self.wait(self.header_read, 0);
+    }
+
     /// How long until the current wait ends; `None` once it has ended. With
     /// a request in flight there is no wait: the answer is when to look
     /// again.
@@ -209,32 +214,44 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
     }
 }
 
-/// Serves `connection` until it ends or its [`Activity`] expires (then it
-/// is dropped, which closes it); `on_stop`, once `stop` resolves, gets the
-/// connection pinned, for a graceful shutdown where the protocol has one.
+/// Serves `connection` until it ends. `graceful` is the protocol's graceful
+/// shutdown (HTTP/2's GOAWAY), if it has one: it is started once `stop`
+/// resolves or the connection has been idle too long, and the connection
+/// then gets `header_read` more to end by itself. Without one (HTTP/1.1,
+/// where the gateway answers requests during a drain itself), a connection
+/// that waited too long is dropped, which closes it.
 pub async fn serve_watched<C, S>(
     connection: C,
     activity: &Activity,
     stop: S,
-    on_stop: impl FnOnce(Pin<&mut C>),
+    graceful: Option<fn(Pin<&mut C>)>,
 ) where
     C: Future,
     S: Future,
 {
     tokio::pin!(connection);
-    tokio::select! {
-        biased;
-        _ = connection.as_mut() => return,
-        _ = activity.expired() => return,
-        _ = stop => {
-            activity.drain();
-            on_stop(connection.as_mut());
+    tokio::pin!(stop);
+    let mut graceful = graceful;
+    let mut stopped = false;
+    loop {
+        tokio::select! {
+            biased;
+            _ = connection.as_mut() => return,
+            _ = activity.expired() => match graceful.take() {
+                Some(shut_down) => {
+                    shut_down(connection.as_mut());
+                    activity.last_wait();
+                }
+                None => return,
+            },
+            _ = &mut stop, if !stopped => {
+                stopped = true;
+                activity.drain();
+                if let Some(shut_down) = graceful.take() {
+                    shut_down(connection.as_mut());
+                }
+            }
         }
-    }
-    tokio::select! {
-        biased;
-        _ = connection => {}
-        _ = activity.expired() => {}
     }
 }
 
@@ -320,5 +337,35 @@ mod tests {
         watchdog.await;
         let took = started.elapsed();
         assert!(took >= 700 * MS && took < 3 * SECOND, "{took:?}");
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_without_a_graceful_shutdown_is_dropped_at_its_deadline() {
+        let activity = Activity::new(100 * MS, 200 * MS, Start::Idle);
+        let started = Instant::now();
+        let never = std::future::pending::<()>;
+        serve_watched(never(), &activity, never(), None).await;
+        let took = started.elapsed();
+        assert!(took >= 200 * MS && took < 2 * SECOND, "{took:?}");
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_with_a_graceful_shutdown_is_told_then_given_header_read() {
+        static TOLD: AtomicU32 = AtomicU32::new(0);
+        let activity = Activity::new(100 * MS, 200 * MS, Start::Idle);
+        let started = Instant::now();
+        let never = std::future::pending::<()>;
+        serve_watched(
+            never(),
+            &activity,
+            never(),
+            Some(|_| {
+                TOLD.fetch_add(1, Ordering::Relaxed);
+            }),
+        )
+        .await;
+        assert_eq!(TOLD.load(Ordering::Relaxed), 1, "told once");
+        let took = started.elapsed();
+        assert!(took >= 300 * MS && took < 3 * SECOND, "{took:?}");
     }
 }

@@ -358,7 +358,7 @@ async fn run_http<I>(
             .max_header_list_size(limits.max_header_bytes as u32)
             .keep_alive_interval(Some(Duration::from_secs(30)));
         let connection = builder.serve_connection(TokioIo::new(io), service);
-        activity::serve_watched(connection, &activity, stop, |c| c.graceful_shutdown()).await;
+        activity::serve_watched(connection, &activity, stop, Some(|c| c.graceful_shutdown())).await;
     } else {
         let mut builder = http1::Builder::new();
         builder
@@ -376,7 +376,7 @@ async fn run_http<I>(
         // whose head is half read. The gateway answers every request that
         // arrives while draining with 503 and `Connection: close`, and an
         // idle keep-alive connection closes at its header-read timeout.
-        activity::serve_watched(connection, &activity, stop, |_| {}).await;
+        activity::serve_watched(connection, &activity, stop, None).await;
     }
 }
 
