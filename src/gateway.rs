@@ -40,11 +40,23 @@ static CHUNKED: HeaderValue = HeaderValue::from_static("chunked");
 pub const MAX_URI_BYTES: usize = 8 * 1024;
 
 /// Facts about the connection a request arrived on.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Conn {
     pub peer: SocketAddr,
     /// Whether the listener terminates TLS (`X-Forwarded-Proto`).
     pub tls: bool,
+    /// `peer`'s address as a header value, formatted once per connection.
+    pub peer_value: HeaderValue,
+}
+
+impl Conn {
+    pub fn new(peer: SocketAddr, tls: bool) -> Self {
+        Conn {
+            peer,
+            tls,
+            peer_value: headers::peer_value(peer.ip()),
+        }
+    }
 }
 
 /// The gateway's shared state: the current snapshot and what outlives it.
@@ -147,7 +159,7 @@ impl Gateway {
                 let route_metrics = &*permit.route.metrics;
                 let upgrade = permit.websocket.then(|| hyper::upgrade::on(&mut req));
                 let mut resp = match self
-                    .forward(rt, conn, &mut permit, &request_id, req, upgrade)
+                    .forward(rt, &conn, &mut permit, &request_id, req, upgrade)
                     .await
                 {
                     Ok(resp) => resp,
@@ -337,7 +349,7 @@ impl Gateway {
     async fn forward(
         &self,
         rt: &Runtime,
-        conn: Conn,
+        conn: &Conn,
         permit: &mut Permit<'_>,
         request_id: &HeaderValue,
         req: Request<Incoming>,
@@ -367,7 +379,7 @@ impl Gateway {
         headers::add_forwarding(
             &mut parts.headers,
             &Forwarding {
-                peer: conn.peer.ip(),
+                peer: &conn.peer_value,
                 trusted_peer,
                 proto: if conn.tls { "https" } else { "http" },
                 host,

@@ -8,7 +8,6 @@
 //! allocates only when more than a handful of headers must go.
 
 use std::fmt;
-use std::io::Write as _;
 use std::net::IpAddr;
 
 use http::header::{CONNECTION, HOST, UPGRADE};
@@ -167,8 +166,8 @@ pub fn clean_response(headers: &mut HeaderMap, websocket_101: bool) {
 /// What the gateway adds to a cleaned request.
 #[derive(Debug, Clone)]
 pub struct Forwarding<'a> {
-    /// The TCP peer's address.
-    pub peer: IpAddr,
+    /// The TCP peer's address as a header value ([`peer_value`]).
+    pub peer: &'a HeaderValue,
     /// The peer is a trusted proxy: its forwarding headers are built on.
     pub trusted_peer: bool,
     /// The listener's scheme, `"http"` or `"https"`.
@@ -218,26 +217,32 @@ pub fn add_forwarding(headers: &mut HeaderMap, f: &Forwarding<'_>) {
     headers.insert(X_REQUEST_ID, f.request_id.clone());
 }
 
-fn forwarded_for(headers: &HeaderMap, peer: IpAddr, trusted_peer: bool) -> HeaderValue {
-    let peer = peer.to_canonical();
-    let mut out = Vec::new();
+/// A peer's address as it goes into `X-Forwarded-For` (IPv4-mapped IPv6
+/// as IPv4); formatted once per connection.
+pub fn peer_value(peer: IpAddr) -> HeaderValue {
+    HeaderValue::from_str(&peer.to_canonical().to_string())
+        .expect("an IP address is a valid header value")
+}
+
+fn forwarded_for(headers: &HeaderMap, peer: &HeaderValue, trusted_peer: bool) -> HeaderValue {
+    let mut chain = Vec::new();
     if trusted_peer {
         for v in headers.get_all(X_FORWARDED_FOR) {
             let v = trim_ows(v.as_bytes());
             if v.is_empty() {
                 continue;
             }
-            out.extend_from_slice(v);
-            out.extend_from_slice(b", ");
+            chain.extend_from_slice(v);
+            chain.extend_from_slice(b", ");
         }
     }
-    // Writing to a Vec cannot fail.
-    let _ = write!(out, "{peer}");
-    HeaderValue::from_maybe_shared(bytes::Bytes::from(out)).unwrap_or_else(|_| {
-        // Unreachable: parts of valid header values and an address; but never
-        // panic on a request.
-        HeaderValue::from_str(&peer.to_string()).unwrap_or(HeaderValue::from_static("unknown"))
-    })
+    if chain.is_empty() {
+        return peer.clone();
+    }
+    chain.extend_from_slice(peer.as_bytes());
+    // Parts of valid header values and an address; never panic on a
+    // request all the same.
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(chain)).unwrap_or_else(|_| peer.clone())
 }
 
 /// The client's idea of the host: the URI authority (HTTP/2 `:authority`)
@@ -420,14 +425,18 @@ mod tests {
             .collect()
     }
 
+    fn peer(addr: &str) -> HeaderValue {
+        peer_value(addr.parse().unwrap())
+    }
+
     fn forwarding<'a>(
-        peer: &str,
+        peer: &'a HeaderValue,
         trusted_peer: bool,
         identity: Option<(&'a HeaderValue, &'a HeaderValue)>,
         request_id: &'a HeaderValue,
     ) -> Forwarding<'a> {
         Forwarding {
-            peer: peer.parse().unwrap(),
+            peer,
             trusted_peer,
             proto: "https",
             host: Some(HeaderValue::from_static("api.example.com")),
@@ -545,7 +554,7 @@ mod tests {
         let rid = HeaderValue::from_static("req-1");
         add_forwarding(
             &mut h,
-            &forwarding("10.0.0.9", false, Some((&id, &scopes)), &rid),
+            &forwarding(&peer("10.0.0.9"), false, Some((&id, &scopes)), &rid),
         );
         assert_eq!(values(&h, "x-tollgate-token-id"), ["grafana"]);
         assert_eq!(values(&h, "x-tollgate-scopes"), ["scope:grafana-plugin"]);
@@ -659,7 +668,7 @@ mod tests {
         let mut h = map(&[("x-forwarded-for", "6.6.6.6")]);
         clean_request(&mut h, &opts(false, false));
         let rid = HeaderValue::from_static("r");
-        add_forwarding(&mut h, &forwarding("203.0.113.7", false, None, &rid));
+        add_forwarding(&mut h, &forwarding(&peer("203.0.113.7"), false, None, &rid));
         assert_eq!(values(&h, "x-forwarded-for"), ["203.0.113.7"]);
     }
 
@@ -671,7 +680,7 @@ mod tests {
         ]);
         clean_request(&mut h, &opts(true, false));
         let rid = HeaderValue::from_static("r");
-        add_forwarding(&mut h, &forwarding("10.0.0.4", true, None, &rid));
+        add_forwarding(&mut h, &forwarding(&peer("10.0.0.4"), true, None, &rid));
         assert_eq!(
             values(&h, "x-forwarded-for"),
             ["198.51.100.1, 10.0.0.2, 10.0.0.3, 10.0.0.4"]
@@ -682,10 +691,13 @@ mod tests {
     fn xff_of_an_ipv4_mapped_peer_is_written_as_ipv4() {
         let mut h = HeaderMap::new();
         let rid = HeaderValue::from_static("r");
-        add_forwarding(&mut h, &forwarding("::ffff:192.0.2.1", false, None, &rid));
+        add_forwarding(
+            &mut h,
+            &forwarding(&peer("::ffff:192.0.2.1"), false, None, &rid),
+        );
         assert_eq!(values(&h, "x-forwarded-for"), ["192.0.2.1"]);
         let mut h = HeaderMap::new();
-        add_forwarding(&mut h, &forwarding("2001:db8::1", false, None, &rid));
+        add_forwarding(&mut h, &forwarding(&peer("2001:db8::1"), false, None, &rid));
         assert_eq!(values(&h, "x-forwarded-for"), ["2001:db8::1"]);
     }
 
@@ -693,7 +705,7 @@ mod tests {
     fn proto_and_host_are_added_unless_a_trusted_proxy_sent_them() {
         let rid = HeaderValue::from_static("r");
         let mut h = HeaderMap::new();
-        add_forwarding(&mut h, &forwarding("10.0.0.1", false, None, &rid));
+        add_forwarding(&mut h, &forwarding(&peer("10.0.0.1"), false, None, &rid));
         assert_eq!(values(&h, "x-forwarded-proto"), ["https"]);
         assert_eq!(values(&h, "x-forwarded-host"), ["api.example.com"]);
 
@@ -702,13 +714,13 @@ mod tests {
             ("x-forwarded-host", "front.example.com"),
         ]);
         clean_request(&mut h, &opts(true, false));
-        add_forwarding(&mut h, &forwarding("10.0.0.1", true, None, &rid));
+        add_forwarding(&mut h, &forwarding(&peer("10.0.0.1"), true, None, &rid));
         assert_eq!(values(&h, "x-forwarded-proto"), ["http"]);
         assert_eq!(values(&h, "x-forwarded-host"), ["front.example.com"]);
 
         // A trusted proxy that sent only one of them gets the other added.
         let mut h = map(&[("x-forwarded-proto", "http")]);
-        add_forwarding(&mut h, &forwarding("10.0.0.1", true, None, &rid));
+        add_forwarding(&mut h, &forwarding(&peer("10.0.0.1"), true, None, &rid));
         assert_eq!(values(&h, "x-forwarded-proto"), ["http"]);
         assert_eq!(values(&h, "x-forwarded-host"), ["api.example.com"]);
     }
@@ -717,7 +729,7 @@ mod tests {
     fn identity_headers_are_added_only_when_authenticated() {
         let rid = HeaderValue::from_static("r");
         let mut h = HeaderMap::new();
-        add_forwarding(&mut h, &forwarding("10.0.0.1", false, None, &rid));
+        add_forwarding(&mut h, &forwarding(&peer("10.0.0.1"), false, None, &rid));
         assert!(!h.contains_key(X_TOLLGATE_TOKEN_ID));
         assert!(!h.contains_key(X_TOLLGATE_SCOPES));
     }
@@ -726,7 +738,7 @@ mod tests {
     fn request_id_is_replaced() {
         let mut h = map(&[("x-request-id", "client-id")]);
         let rid = HeaderValue::from_static("gateway-id");
-        add_forwarding(&mut h, &forwarding("10.0.0.1", false, None, &rid));
+        add_forwarding(&mut h, &forwarding(&peer("10.0.0.1"), false, None, &rid));
         assert_eq!(values(&h, "x-request-id"), ["gateway-id"]);
     }
 

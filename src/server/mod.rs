@@ -288,7 +288,7 @@ async fn serve_connection(
                 return;
             };
             let h2 = stream.get_ref().1.alpn_protocol() == Some(tls::ALPN_H2);
-            let conn = Conn { peer, tls: true };
+            let conn = Conn::new(peer, true);
             run_http(gateway, stream, conn, h2, limits, stop).await;
         }
         None => {
@@ -296,7 +296,7 @@ async fn serve_connection(
                 Ok(Ok(h2)) => h2,
                 _ => return,
             };
-            let conn = Conn { peer, tls: false };
+            let conn = Conn::new(peer, false);
             run_http(gateway, stream, conn, h2, limits, stop).await;
         }
     }
@@ -341,6 +341,7 @@ async fn run_http<I>(
     let requests = activity.clone();
     let service = service_fn(move |req| {
         let gateway = gateway.clone();
+        let conn = conn.clone();
         let in_flight = requests.begin();
         async move {
             let mut resp = gateway.handle(conn, req).await;
