@@ -210,15 +210,16 @@ impl<C: Clock + Clone> fmt::Debug for TokenLimiters<C> {
 /// field beside `RateLimit-Policy`). Each is a bare integer; `Reset` is
 /// delta-seconds. The optional `RateLimit-Policy` is not sent.
 ///
-/// One allocation per value (the `HeaderValue`'s buffer, formatted by
-/// `itoa` inside `http`).
+/// Values below [`SMALL`] (limits and resets most deployments have) come
+/// from a table built once, so they cost no allocation; larger ones are
+/// formatted (one allocation each).
 ///
 /// [draft-ietf-httpapi-ratelimit-headers-06]: https://datatracker.ietf.org/doc/html/draft-ietf-httpapi-ratelimit-headers-06
 pub fn ratelimit_headers(a: &Allowed) -> [(HeaderName, HeaderValue); 3] {
     [
-        (RATELIMIT_LIMIT, HeaderValue::from(a.limit)),
-        (RATELIMIT_REMAINING, HeaderValue::from(a.remaining)),
-        (RATELIMIT_RESET, HeaderValue::from(a.reset_secs)),
+        (RATELIMIT_LIMIT, number(a.limit.into())),
+        (RATELIMIT_REMAINING, number(a.remaining.into())),
+        (RATELIMIT_RESET, number(a.reset_secs)),
     ]
 }
 
@@ -226,14 +227,29 @@ pub fn ratelimit_headers(a: &Allowed) -> [(HeaderName, HeaderValue); 3] {
 /// [`ratelimit_headers`] (`RateLimit-Remaining: 0`) and `Retry-After`.
 pub fn limited_headers(l: &Limited) -> [(HeaderName, HeaderValue); 4] {
     [
-        (RATELIMIT_LIMIT, HeaderValue::from(l.limit)),
-        (RATELIMIT_REMAINING, HeaderValue::from_static("0")),
-        (RATELIMIT_RESET, HeaderValue::from(l.reset_secs)),
-        (
-            http::header::RETRY_AFTER,
-            HeaderValue::from(l.retry_after_secs),
-        ),
+        (RATELIMIT_LIMIT, number(l.limit.into())),
+        (RATELIMIT_REMAINING, number(0)),
+        (RATELIMIT_RESET, number(l.reset_secs)),
+        (http::header::RETRY_AFTER, number(l.retry_after_secs)),
     ]
+}
+
+/// Numbers below this are header values from a table (about 40 KiB).
+const SMALL: u64 = 1000;
+
+/// `n` as a header value; below [`SMALL`] a clone of a static one (no
+/// allocation, no shared reference count).
+fn number(n: u64) -> HeaderValue {
+    static TABLE: std::sync::OnceLock<Vec<HeaderValue>> = std::sync::OnceLock::new();
+    match usize::try_from(n) {
+        Ok(i) if n < SMALL => TABLE.get_or_init(|| {
+            (0..SMALL)
+                .map(|n| HeaderValue::from_static(n.to_string().leak()))
+                .collect()
+        })[i]
+            .clone(),
+        _ => HeaderValue::from(n),
+    }
 }
 
 #[cfg(test)]
@@ -242,6 +258,13 @@ mod tests {
     use governor::clock::FakeRelativeClock;
 
     use super::*;
+
+    #[test]
+    fn numbers_read_the_same_from_the_table_and_formatted() {
+        for n in [0, 7, 10, 99, 100, 999, 1000, 1001, 123_456, u64::MAX] {
+            assert_eq!(number(n).to_str().unwrap(), n.to_string());
+        }
+    }
 
     use crate::ratelimit::test_rate as rate;
 
