@@ -57,6 +57,17 @@ impl Conn {
             peer_value: headers::peer_value(peer.ip()),
         }
     }
+
+    /// `ip` as text: the connection's own formatted peer when `ip` is the
+    /// peer (as for every client not behind a trusted proxy), else newly
+    /// formatted.
+    pub fn ip_value(&self, ip: IpAddr) -> HeaderValue {
+        if ip == self.peer.ip().to_canonical() {
+            self.peer_value.clone()
+        } else {
+            headers::peer_value(ip)
+        }
+    }
 }
 
 /// The gateway's shared state: the current snapshot and what outlives it.
@@ -195,7 +206,7 @@ impl Gateway {
             let record = Record {
                 ts,
                 request_id,
-                client_ip,
+                client_ip: conn.ip_value(client_ip),
                 method,
                 path,
                 route: outcome.route.map(|r| r.prefix.clone()),
@@ -518,6 +529,14 @@ fn write_hex(out: &mut [u8], mut n: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_address_is_the_connections_formatted_peer_or_formatted_anew() {
+        let conn = Conn::new("[::ffff:10.0.0.1]:4000".parse().unwrap(), false);
+        assert_eq!(conn.peer_value, "10.0.0.1");
+        assert_eq!(conn.ip_value("10.0.0.1".parse().unwrap()), "10.0.0.1");
+        assert_eq!(conn.ip_value("2001:db8::7".parse().unwrap()), "2001:db8::7");
+    }
 
     #[test]
     fn generated_request_ids_are_the_prefix_a_dash_and_a_12_digit_counter() {

@@ -351,3 +351,23 @@ async fn metrics_count_requests_by_route_and_status() {
     );
     assert!(!m.contains(AGENT));
 }
+
+#[tokio::test]
+async fn the_access_log_names_the_client_a_trusted_proxy_forwarded_for() {
+    let up = Upstream::start().await;
+    let config = gateway_yaml(up.addr, "").replace(
+        "timeouts:",
+        "client_ip:\n  trusted_proxies: [127.0.0.1]\ntimeouts:",
+    );
+    let gw = Gw::start(&config, &tokens_yaml()).await;
+    let forwarded = "X-Forwarded-For: 203.0.113.9";
+    get(gw.addr(), "/api/v1/x", &[&bearer(AGENT), forwarded]).await;
+    get(gw.addr(), "/api/v1/x", &[&bearer(AGENT)]).await;
+    let lines = gw.access.lines(2).await;
+    assert_eq!(lines[0]["client_ip"], "203.0.113.9");
+    assert_eq!(lines[1]["client_ip"], "127.0.0.1");
+    assert_eq!(
+        up.seen()[0].header("x-forwarded-for"),
+        Some("203.0.113.9, 127.0.0.1")
+    );
+}
