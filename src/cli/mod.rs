@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use tracing_subscriber::{reload, EnvFilter, Registry};
 
 use crate::config::{self, Settings};
 use crate::tokens::{Source, TokenIndex};
@@ -139,50 +140,34 @@ async fn load_tokens(settings: &Settings) -> anyhow::Result<TokenIndex> {
 /// [`apply_log_level`] (a reload).
 pub fn init_tracing(settings: &Settings) {
     use std::io::IsTerminal;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(env_filter(&settings.log.level))
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let (filter, handle) = reload::Layer::new(env_filter(&settings.log.level));
+    let output = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
-    // The handle's type names the whole subscriber, so each format keeps
-    // its own behind one setter.
-    let (setter, installed): (LevelSetter, _) = match settings.log.format {
-        config::LogFormat::Json => {
-            let builder = builder.json().with_filter_reloading();
-            let handle = builder.reload_handle();
-            (
-                Box::new(move |f| handle.reload(f).is_ok()),
-                builder.try_init(),
-            )
-        }
-        config::LogFormat::Text => {
-            let builder = builder.with_filter_reloading();
-            let handle = builder.reload_handle();
-            (
-                Box::new(move |f| handle.reload(f).is_ok()),
-                builder.try_init(),
-            )
-        }
+    let subscriber = tracing_subscriber::registry().with(filter);
+    let installed = match settings.log.format {
+        config::LogFormat::Json => subscriber.with(output.json()).try_init(),
+        config::LogFormat::Text => subscriber.with(output).try_init(),
     };
     if installed.is_ok() {
-        let _ = LEVEL_SETTER.set(setter);
+        let _ = LEVEL.set(handle);
     }
 }
 
-type LevelSetter = Box<dyn Fn(tracing_subscriber::EnvFilter) -> bool + Send + Sync>;
-
-/// Replaces the filter of the subscriber `init_tracing` installed.
-static LEVEL_SETTER: std::sync::OnceLock<LevelSetter> = std::sync::OnceLock::new();
+/// The filter of the subscriber `init_tracing` installed.
+static LEVEL: std::sync::OnceLock<reload::Handle<EnvFilter, Registry>> = std::sync::OnceLock::new();
 
 /// Applies `log.level` to the running diagnostics (a reload); a no-op where
 /// [`init_tracing`] did not install the subscriber (tests, embedders).
 pub fn apply_log_level(level: &str) {
-    if let Some(set) = LEVEL_SETTER.get() {
-        set(env_filter(level));
+    if let Some(handle) = LEVEL.get() {
+        let _ = handle.reload(env_filter(level));
     }
 }
 
-fn env_filter(level: &str) -> tracing_subscriber::EnvFilter {
-    use tracing_subscriber::EnvFilter;
+fn env_filter(level: &str) -> EnvFilter {
     EnvFilter::try_new(log_filter(level)).unwrap_or_else(|_| EnvFilter::new("info"))
 }
 
