@@ -90,24 +90,19 @@ impl RouteMetrics {
     pub fn count(&self, status: u16) {
         let slot = (status as usize).wrapping_sub(100);
         match self.statuses.get(slot) {
-            Some(cell) => cell
-                .get_or_init(|| {
-                    self.requests
-                        .get_or_create(&RequestLabels {
-                            route: self.route.clone(),
-                            status,
-                        })
-                        .clone()
-                })
-                .inc(),
-            None => self
-                .requests
-                .get_or_create(&RequestLabels {
-                    route: self.route.clone(),
-                    status,
-                })
-                .inc(),
+            Some(cell) => cell.get_or_init(|| self.counter(status)).inc(),
+            None => self.counter(status).inc(),
         };
+    }
+
+    /// The counter of `status` on this route, from the family.
+    fn counter(&self, status: u16) -> Counter {
+        self.requests
+            .get_or_create(&RequestLabels {
+                route: self.route.clone(),
+                status,
+            })
+            .clone()
     }
 }
 

@@ -157,8 +157,9 @@ pub fn upstream_uri(route: &Route, path: &str, query: Option<&str>) -> Result<Ur
         .map_err(|_| Reject::BadPath)
 }
 
-/// Sends a cleaned request (origin-form target, `Host` set) upstream and returns its response head with the
-/// body streaming. Waits at most the route's response timeout for the head.
+/// Sends a cleaned request (origin-form target, `Host` set) upstream and
+/// returns its response head with the body streaming. Waits at most the
+/// route's response timeout for the head.
 pub async fn forward(
     route: &Route,
     mut req: Request<RequestBody>,

@@ -25,9 +25,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::time::Instant;
-
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
 
 /// The low bit of `Activity::deadline`: the wait is for a request head.
 const HEAD: u64 = 1;

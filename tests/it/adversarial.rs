@@ -1748,6 +1748,14 @@ async fn slowloris_headers_trickled_byte_by_byte_are_cut_off_at_header_read() {
     assert_nothing_forwarded(&up);
 }
 
+/// A GET on `/api/v1/x` that leaves the connection open.
+fn kept_alive_get() -> String {
+    format!(
+        "GET /api/v1/x HTTP/1.1\r\nHost: gw.test\r\n{}\r\n\r\n",
+        bearer(AGENT)
+    )
+}
+
 /// Asserts the gateway closed the connection within `window` of `started`.
 fn assert_closed_within(started: Instant, window: std::ops::Range<Duration>) {
     let took = started.elapsed();
@@ -1758,10 +1766,7 @@ fn assert_closed_within(started: Instant, window: std::ops::Range<Duration>) {
 async fn an_idle_keep_alive_connection_outlives_header_read_and_closes_at_idle() {
     let (up, gw) = setup().await;
     let mut stream = TcpStream::connect(gw.addr()).await.unwrap();
-    let req = format!(
-        "GET /api/v1/x HTTP/1.1\r\nHost: gw.test\r\n{}\r\n\r\n",
-        bearer(AGENT)
-    );
+    let req = kept_alive_get();
     // header_read is 1 s and idle 2 s in the test config: 1.5 s of
     // silence between requests is idleness, not a slow head.
     let (rs, closed) = converse(&mut stream, req.as_bytes(), Duration::from_millis(1500)).await;
@@ -1782,10 +1787,7 @@ async fn an_idle_keep_alive_connection_outlives_header_read_and_closes_at_idle()
 async fn a_head_begun_after_an_idle_wait_must_be_whole_within_header_read() {
     let (up, gw) = setup().await;
     let mut stream = TcpStream::connect(gw.addr()).await.unwrap();
-    let req = format!(
-        "GET /api/v1/x HTTP/1.1\r\nHost: gw.test\r\n{}\r\n\r\n",
-        bearer(AGENT)
-    );
+    let req = kept_alive_get();
     let (rs, _) = converse(&mut stream, req.as_bytes(), Duration::from_millis(500)).await;
     assert_eq!(rs.len(), 1);
     // Half a head after 0.5 s idle, then silence: cut off at header_read
