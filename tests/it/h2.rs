@@ -133,3 +133,63 @@ async fn an_idle_h2_connection_is_closed_at_the_idle_limit() {
         "closed after {took:?}"
     );
 }
+
+/// The frames in `bytes`, as (type, flags, payload), up to the last whole one.
+fn frames(mut bytes: &[u8]) -> Vec<(u8, u8, Vec<u8>)> {
+    let mut out = Vec::new();
+    while bytes.len() >= 9 {
+        let len = u32::from_be_bytes([0, bytes[0], bytes[1], bytes[2]]) as usize;
+        if bytes.len() < 9 + len {
+            break;
+        }
+        out.push((bytes[3], bytes[4], bytes[9..9 + len].to_vec()));
+        bytes = &bytes[9 + len..];
+    }
+    out
+}
+
+#[tokio::test]
+async fn an_idle_h2_connection_gets_a_goaway_without_error_before_it_closes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const SETTINGS: u8 = 4;
+    const GOAWAY: u8 = 7;
+    let (_up, gw) = standard().await;
+    let mut tcp = TcpStream::connect(gw.addr()).await.unwrap();
+    // The preface and empty SETTINGS; the server's SETTINGS acknowledged;
+    // then no stream at all.
+    tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut received = Vec::new();
+    let mut acked = false;
+    let mut chunk = [0u8; 4096];
+    loop {
+        let read = tokio::time::timeout(std::time::Duration::from_secs(5), tcp.read(&mut chunk))
+            .await
+            .expect("an idle HTTP/2 connection was kept open");
+        match read {
+            Ok(0) | Err(_) => break,
+            Ok(n) => received.extend_from_slice(&chunk[..n]),
+        }
+        if !acked
+            && frames(&received)
+                .iter()
+                .any(|f| f.0 == SETTINGS && f.1 == 0)
+        {
+            tcp.write_all(b"\0\0\0\x04\x01\0\0\0\0").await.unwrap();
+            acked = true;
+        }
+    }
+    // idle is 2 s in the test config.
+    let took = started.elapsed();
+    assert!(
+        took >= std::time::Duration::from_millis(1800),
+        "closed after {took:?}"
+    );
+    let goaway = frames(&received)
+        .into_iter()
+        .find(|f| f.0 == GOAWAY)
+        .expect("closed without a GOAWAY");
+    assert_eq!(&goaway.2[4..8], &[0, 0, 0, 0], "GOAWAY error code NO_ERROR");
+}
