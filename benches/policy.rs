@@ -17,14 +17,15 @@ use std::num::NonZeroU32;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use tollgate::clientip::ClientAddr;
 use tollgate::config::{self, Rate};
-use tollgate::gateway::{authorize, RequestIds};
+use tollgate::gateway::{Admission, Exchange, Head, RequestIds, Who};
 use tollgate::metrics::Metrics;
+use tollgate::policy::{Policy, Retained};
 use tollgate::proxy::headers::{clean_request, Hygiene};
 use tollgate::ratelimit::TokenLimiter;
-use tollgate::snapshot::{Lasting, Runtime};
-use tollgate::tokens::{TokenHash, TokenIndex, TokenRecord};
-use tollgate::{credential, method, target};
+use tollgate::tokens::{TokenHash, TokenIndex, TokenRecord, TokenUsage};
+use tollgate::{auth, method, target};
 
 const CONFIG: &str = r#"
 listen:
@@ -34,6 +35,8 @@ tokens:
   path: tokens.yaml
 auth:
   headers: [xc-token]
+limits:
+  per_token: { requests: 100000000, per: 1s, burst: 100000000 }
 routes:
   - prefix: /api/v1
     upstream: http://127.0.0.1:19999
@@ -67,7 +70,9 @@ fn policy(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let _guard = rt.enter();
     let settings = config::load_str(Path::new("bench.yaml"), CONFIG).unwrap();
-    let runtime = Runtime::compile(settings, &Lasting::new(Metrics::new())).unwrap();
+    let retained = Retained::new(Metrics::new());
+    let runtime = Policy::build(&settings, &retained).unwrap();
+    let usage = TokenUsage::new();
     let tokens = index(100_000);
     let client_ip: IpAddr = "127.0.0.1".parse().unwrap();
     let req = Request::builder()
@@ -85,13 +90,32 @@ fn policy(c: &mut Criterion) {
             let t = target::parse(req.uri()).unwrap();
             let route = runtime.routes.lookup(&t.path).unwrap();
             let writes = method::is_write(req.method(), req.headers(), t.query);
-            let cred =
-                credential::extract(req.headers(), runtime.schemes(), runtime.token_headers())
-                    .unwrap()
-                    .unwrap();
+            let cred = runtime.credentials.extract(req.headers()).unwrap().unwrap();
             let entry = tokens.get(&TokenHash::of(cred.token)).unwrap();
-            authorize(route, entry, writes, client_ip, "scope:all").unwrap();
+            auth::authorize(&route.access, entry, writes, client_ip, "scope:all").unwrap();
             black_box(entry.id.clone())
+        })
+    });
+    // The gateway's own admission phase (steps 1–8, limiter included).
+    let admission = Admission {
+        policy: &runtime,
+        tokens: Some(&tokens),
+        retained: &retained,
+        usage: &usage,
+        listening: true,
+        draining: false,
+    };
+    let client = ClientAddr {
+        ip: client_ip,
+        peer_trusted: false,
+    };
+    c.bench_function("policy/admit", |b| {
+        b.iter(|| {
+            let req = black_box(&req);
+            let mut ex = Exchange::new(HeaderValue::from_static("bench"), client);
+            let admitted = admission.admit(Head::of(req), Who::Headers, &mut ex, &mut ());
+            assert!(admitted.is_ok());
+            black_box(ex.upstream_target)
         })
     });
 
@@ -108,7 +132,7 @@ fn policy(c: &mut Criterion) {
             runtime
                 .routes
                 .lookup(black_box("/api/v1/data/x"))
-                .map(|r| r.index)
+                .map(|r| r.prefix.len())
         })
     });
     c.bench_function("policy/sha256_and_lookup_100k", |b| {
@@ -137,7 +161,6 @@ fn policy(c: &mut Criterion) {
     ] {
         headers.insert(k, HeaderValue::from_static(v));
     }
-    let token_headers = runtime.token_headers().to_vec();
     c.bench_function("policy/header_hygiene", |b| {
         b.iter(|| {
             let mut h = headers.clone();
@@ -145,8 +168,7 @@ fn policy(c: &mut Criterion) {
                 &mut h,
                 &Hygiene {
                     trusted_peer: false,
-                    forward_credentials: false,
-                    token_headers: &token_headers,
+                    credentials: &runtime.credentials,
                     websocket: false,
                 },
             );

@@ -14,7 +14,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri, Version};
-use tollgate::credential::{self, CredentialHeader};
+use tollgate::auth::credential::{self, CredentialHeader};
 use tollgate::target;
 
 /// The longest a config or token file may take to be judged.

@@ -54,6 +54,8 @@ pub struct Record {
     pub route: Option<Arc<str>>,
     pub token_id: Option<HeaderValue>,
     pub status: u16,
+    /// The `error` code of a gateway-made answer; `None` for the upstream's.
+    pub error: Option<&'static str>,
     pub duration: Duration,
     pub bytes_out: u64,
 }
@@ -161,6 +163,7 @@ struct Line<'a> {
     route: Option<&'a str>,
     token_id: Option<&'a str>,
     status: u16,
+    error: Option<&'a str>,
     duration_ms: f64,
     bytes_out: u64,
 }
@@ -183,6 +186,7 @@ fn format_line(r: &Record, json: bool) -> Vec<u8> {
         route: r.route.as_deref(),
         token_id: r.token_id.as_ref().and_then(|v| v.to_str().ok()),
         status: r.status,
+        error: r.error,
         duration_ms: (r.duration.as_secs_f64() * 1e6).round() / 1e3,
         bytes_out: r.bytes_out,
     };
@@ -192,7 +196,7 @@ fn format_line(r: &Record, json: bool) -> Vec<u8> {
     } else {
         write!(
             out,
-            "{} request_id={} client_ip={} method={} path={:?} route={} token_id={} status={} duration_ms={} bytes_out={}",
+            "{} request_id={} client_ip={} method={} path={:?} route={} token_id={} status={} error={} duration_ms={} bytes_out={}",
             line.ts,
             line.request_id,
             line.client_ip,
@@ -201,6 +205,7 @@ fn format_line(r: &Record, json: bool) -> Vec<u8> {
             line.route.unwrap_or("-"),
             line.token_id.unwrap_or("-"),
             line.status,
+            line.error.unwrap_or("-"),
             line.duration_ms,
             line.bytes_out
         )
@@ -249,6 +254,7 @@ mod tests {
             route: Some("/api/v1".into()),
             token_id: None,
             status: 200,
+            error: None,
             duration: Duration::from_micros(1500),
             bytes_out: 12,
         }

@@ -46,7 +46,10 @@ fn answer<B>(gateway: &Gateway, req: &Request<B>) -> Response<Full<Bytes>> {
         "/readyz" if gateway.is_ready() => text(StatusCode::OK, "ready\n"),
         "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
         "/metrics" => {
-            let body = gateway.lasting.metrics.render(gateway.access_log.dropped());
+            let body = gateway
+                .retained
+                .metrics
+                .render(gateway.access_log.dropped());
             let mut resp = Response::new(Full::new(Bytes::from(body)));
             resp.headers_mut().insert(
                 http::header::CONTENT_TYPE,

@@ -6,16 +6,37 @@
 
 use std::net::IpAddr;
 
-use http::header::HeaderName;
 use http::HeaderMap;
 use ipnet::IpNet;
 
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+use crate::proxy::headers::X_FORWARDED_FOR;
+
+/// Who a request is from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddr {
+    /// The client's address: the peer's, or the one its trusted proxies name.
+    pub ip: IpAddr,
+    /// The peer is one of `client_ip.trusted_proxies`.
+    pub peer_trusted: bool,
+}
 
 /// Whether `ip` is one of the trusted proxies.
 pub fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
     let ip = canonical(ip);
     trusted.iter().any(|n| n.contains(&ip))
+}
+
+/// The client of a request from `peer`, decided once per request.
+pub fn client(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> ClientAddr {
+    let peer_trusted = !trusted.is_empty() && is_trusted(peer, trusted);
+    ClientAddr {
+        ip: if peer_trusted {
+            resolve(peer, headers, trusted)
+        } else {
+            canonical(peer)
+        },
+        peer_trusted,
+    }
 }
 
 /// The client address for a request from `peer`.
@@ -27,7 +48,7 @@ pub fn resolve(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
     // Every X-Forwarded-For header in order, each a comma-separated list;
     // walk all hops right to left.
     let hops: Vec<&str> = headers
-        .get_all(&X_FORWARDED_FOR)
+        .get_all(X_FORWARDED_FOR)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))

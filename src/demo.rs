@@ -30,9 +30,9 @@ pub const DEMO_SECRETS: &[(&str, &str)] = &[
 ];
 
 /// Runs the demo until SIGTERM/SIGINT.
-pub async fn run(config_path: &Path) -> anyhow::Result<()> {
-    let settings = config::load(config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
-    crate::cli::init_tracing(&settings);
+pub async fn run(config_path: &Path, extra_workers: usize) -> anyhow::Result<()> {
+    let settings = config::load(config_path)?;
+    crate::diagnostics::init(&settings);
     let mut upstreams: Vec<SocketAddr> = Vec::new();
     for route in &settings.routes {
         let Some(authority) = route.upstream.authority() else {
@@ -62,7 +62,11 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             Err(e) => eprintln!("demo: echo upstream not started on {addr}: {e} (something else may be serving there)"),
         }
     }
-    let launched = crate::server::launch::launch(config_path, Box::new(std::io::stdout())).await?;
+    let options = crate::server::launch::Options {
+        sink: Box::new(std::io::stdout()),
+        extra_workers,
+    };
+    let launched = crate::server::launch::launch_with(settings, options).await?;
     let base = match launched.data_addrs.first() {
         Some(addr) if addr.ip().is_unspecified() => format!("http://127.0.0.1:{}", addr.port()),
         Some(addr) => format!("http://{addr}"),

@@ -7,23 +7,33 @@
 //! target → route → credential → token → client ip → scope → method → limit → forward → log
 //! ```
 //!
-//! Module map:
+//! The request path (see `ARCHITECTURE.md` for the whole picture):
 //!
-//! - [`config`]: YAML → schema structs → validation → runtime [`config::Settings`].
-//! - [`snapshot`]: the one `ArcSwap<Snapshot>` every request loads, and reload.
-//! - [`target`]: request-target canonicalisation (`bad_path`).
-//! - [`routes`]: segment-aware longest-prefix route table.
-//! - [`tokens`]: token hashes, records, the in-memory index and the sources
-//!   (file, SQLite, PostgreSQL) it is loaded from.
-//! - [`auth`]: credential extraction and the authorisation decision.
-//! - [`clientip`]: the client address through `client_ip.trusted_proxies`.
-//! - [`ratelimit`]: per-token and failed-auth-per-IP limiters.
-//! - [`proxy`]: the pooled upstream client and header hygiene.
-//! - [`gateway`]: the per-request outer/inner functions.
-//! - [`reject`]: every gateway-made refusal and its response.
-//! - [`server`]: listeners, connections, TLS, signals and drain.
-//! - [`admin`], [`metrics`], [`accesslog`]: observability.
-//! - [`cli`]: the command line; [`demo`]: the built-in demo.
+//! ```text
+//! gateway::handle: admit (steps 1–8) → prepare → forward → filter → log
+//! ```
+//!
+//! Module map, from the command line down:
+//!
+//! - [`cli`]: the command line; [`demo`]: the built-in demo;
+//!   [`diagnostics`]: the gateway's own log on stderr.
+//! - [`server`]: listeners, connections, the connection watchdog, reloads,
+//!   signals and drain; [`admin`]: `/metrics`, `/healthz`, `/readyz`.
+//! - [`gateway`]: the per-request phases over one `Exchange`;
+//!   [`explain`] runs the same admission with a trace.
+//! - [`policy`]: `Settings → Policy` (routes with their upstreams, the
+//!   credential rules, limiters, TLS), the current snapshot and the state
+//!   retained across reloads.
+//! - [`auth`]: credential extraction, token lookup, authorisation.
+//! - [`proxy`]: upstream clients and pools, header hygiene, bodies.
+//! - [`target`], [`routes`], [`method`], [`clientip`]: path
+//!   canonicalisation, longest-prefix routes, what counts as writing, the
+//!   client address.
+//! - [`tokens`]: token ids, hashes, records, the index and its sources.
+//! - [`ratelimit`]: per-token and failed-auth limiters (local or Redis).
+//! - [`reject`]: every gateway-made answer; [`accesslog`], [`metrics`].
+//! - [`config`]: YAML → schema → validated `Settings`; [`tls`]: server
+//!   TLS configs.
 #![forbid(unsafe_code)]
 
 pub mod accesslog;
@@ -32,17 +42,18 @@ pub mod auth;
 pub mod cli;
 pub mod clientip;
 pub mod config;
-pub mod credential;
 pub mod demo;
+pub mod diagnostics;
 pub mod explain;
 pub mod gateway;
 pub mod method;
 pub mod metrics;
+pub mod policy;
 pub mod proxy;
 pub mod ratelimit;
 pub mod reject;
 pub mod routes;
 pub mod server;
-pub mod snapshot;
 pub mod target;
+pub mod tls;
 pub mod tokens;

@@ -12,6 +12,7 @@
 use http::header::UPGRADE;
 use http::{HeaderMap, HeaderName, Method};
 
+use crate::proxy::headers::trim_ows;
 use crate::target::hex;
 
 /// `X-HTTP-Method-Override`.
@@ -109,16 +110,6 @@ fn is_read_name_decoded(raw: &[u8]) -> bool {
     [&b"GET"[..], b"HEAD", b"OPTIONS"]
         .iter()
         .any(|m| FormDecoded::new(raw).eq(m.iter().copied()))
-}
-
-fn trim_ows(mut s: &[u8]) -> &[u8] {
-    while let [b' ' | b'\t', rest @ ..] = s {
-        s = rest;
-    }
-    while let [rest @ .., b' ' | b'\t'] = s {
-        s = rest;
-    }
-    s
 }
 
 /// The bytes of an `application/x-www-form-urlencoded` component, decoded

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http::header::{CONNECTION, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderValue, Response, StatusCode};
 
-use crate::proxy::body::ResponseBody;
+use crate::proxy::body::{BodyEnd, ResponseBody};
 
 /// Why the gateway answers a request itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,6 +28,11 @@ pub enum Reject {
     ReadOnlyToken,
     BodyTooLarge,
     UriTooLong,
+    /// The request body's framing is malformed (bad chunked encoding).
+    BadRequest,
+    /// The client went away before its answer (logged as 499, never
+    /// answered: there is no one to answer).
+    ClientClosed,
     /// Token or failed-auth limit; whole seconds to wait, at least 1.
     RateLimited {
         retry_after: u64,
@@ -43,7 +48,9 @@ pub enum Reject {
 /// What the gateway answers for one kind of refusal.
 #[derive(Debug)]
 pub struct Answer {
-    pub status: StatusCode,
+    /// The status code (499 for a client that went away, which has no
+    /// `StatusCode` constant).
+    pub status: u16,
     /// The `error` field of the body.
     pub code: &'static str,
     /// The `message` field of the body: one sentence.
@@ -55,22 +62,14 @@ pub struct Answer {
 /// An [`Answer`] whose JSON body is put together by the compiler. Codes and
 /// messages hold no `"` or `\` (a test parses every body).
 macro_rules! answer {
-    ($status:ident, $code:literal, $message:literal) => {
+    ($status:literal, $code:literal, $message:literal) => {
         Answer {
-            status: StatusCode::$status,
+            status: $status,
             code: $code,
             message: $message,
             body: concat!("{\"error\":\"", $code, "\",\"message\":\"", $message, "\"}"),
         }
     };
-}
-
-/// Who caused a refusal; decides the log level.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Cause {
-    Client,
-    Availability,
-    Upstream,
 }
 
 impl Reject {
@@ -80,69 +79,59 @@ impl Reject {
         use Reject::*;
         match self {
             BadPath => &answer!(
-                BAD_REQUEST,
+                400,
                 "bad_path",
                 "The request target is not a canonical origin-form path."
             ),
             AmbiguousCredentials => &answer!(
-                BAD_REQUEST,
+                400,
                 "ambiguous_credentials",
                 "The request carries more than one credential."
             ),
             MethodNotAllowed => &answer!(
-                METHOD_NOT_ALLOWED,
+                405,
                 "method_not_allowed",
                 "TRACE and CONNECT are not allowed."
             ),
-            NoRoute => &answer!(NOT_FOUND, "no_route", "No route matches this path."),
-            MissingToken => &answer!(
-                UNAUTHORIZED,
-                "missing_token",
-                "This route requires an API token."
-            ),
-            InvalidToken => &answer!(UNAUTHORIZED, "invalid_token", "The API token is not valid."),
+            NoRoute => &answer!(404, "no_route", "No route matches this path."),
+            MissingToken => &answer!(401, "missing_token", "This route requires an API token."),
+            InvalidToken => &answer!(401, "invalid_token", "The API token is not valid."),
             IpNotAllowed => &answer!(
-                FORBIDDEN,
+                403,
                 "ip_not_allowed",
                 "The token may not be used from this address."
             ),
             InsufficientScope(_) => &answer!(
-                FORBIDDEN,
+                403,
                 "insufficient_scope",
                 "The token has none of the scopes this route requires."
             ),
             ReadOnlyToken => &answer!(
-                FORBIDDEN,
+                403,
                 "read_only_token",
                 "This request writes and the token is read-only."
             ),
             BodyTooLarge => &answer!(
-                PAYLOAD_TOO_LARGE,
+                413,
                 "body_too_large",
                 "The request body is larger than this route allows."
             ),
-            UriTooLong => &answer!(
-                URI_TOO_LONG,
-                "uri_too_long",
-                "The request target is too long."
+            BadRequest => &answer!(400, "bad_request", "The request body is malformed."),
+            ClientClosed => &answer!(
+                499,
+                "client_closed",
+                "The client closed the connection before the answer."
             ),
-            RateLimited { .. } => &answer!(
-                TOO_MANY_REQUESTS,
-                "rate_limited",
-                "Too many requests; retry later."
-            ),
+            UriTooLong => &answer!(414, "uri_too_long", "The request target is too long."),
+            RateLimited { .. } => &answer!(429, "rate_limited", "Too many requests; retry later."),
             NotReady | Draining => &answer!(
-                SERVICE_UNAVAILABLE,
+                503,
                 "not_ready",
                 "The gateway is not ready to serve requests."
             ),
-            BadGateway => &answer!(
-                BAD_GATEWAY,
-                "bad_gateway",
-                "The upstream could not be reached."
-            ),
+            BadGateway => &answer!(502, "bad_gateway", "The upstream could not be reached."),
             GatewayTimeout => &answer!(
-                GATEWAY_TIMEOUT,
+                504,
                 "gateway_timeout",
                 "The upstream did not answer in time."
             ),
@@ -154,34 +143,15 @@ impl Reject {
         self.answer().code
     }
 
-    pub fn cause(&self) -> Cause {
-        use Reject::*;
-        match self {
-            BadPath
-            | AmbiguousCredentials
-            | MethodNotAllowed
-            | NoRoute
-            | MissingToken
-            | InvalidToken
-            | IpNotAllowed
-            | InsufficientScope(_)
-            | ReadOnlyToken
-            | BodyTooLarge
-            | UriTooLong
-            | RateLimited { .. } => Cause::Client,
-            NotReady | Draining => Cause::Availability,
-            BadGateway | GatewayTimeout => Cause::Upstream,
-        }
-    }
-
     /// Builds the response. `challenges` holds the realm-specific
     /// `WWW-Authenticate` values of the current snapshot.
-    pub fn into_response(self, challenges: &Challenges) -> Response<ResponseBody> {
+    pub fn into_response<E: BodyEnd>(self, challenges: &Challenges) -> Response<ResponseBody<E>> {
         let answer = self.answer();
         let mut resp = Response::new(ResponseBody::full(Bytes::from_static(
             answer.body.as_bytes(),
         )));
-        *resp.status_mut() = answer.status;
+        *resp.status_mut() =
+            StatusCode::from_u16(answer.status).expect("every answer's status is in range");
         let h = resp.headers_mut();
         h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         match self {
@@ -208,6 +178,8 @@ impl Reject {
             | Reject::ReadOnlyToken
             | Reject::BodyTooLarge
             | Reject::UriTooLong
+            | Reject::BadRequest
+            | Reject::ClientClosed
             | Reject::NotReady
             | Reject::BadGateway
             | Reject::GatewayTimeout => {}
@@ -275,6 +247,8 @@ mod tests {
             ReadOnlyToken,
             BodyTooLarge,
             UriTooLong,
+            BadRequest,
+            ClientClosed,
             RateLimited { retry_after: 1 },
             NotReady,
             Draining,
@@ -296,7 +270,7 @@ mod tests {
     #[tokio::test]
     async fn invalid_token_body_and_challenge_follow_the_spec() {
         let c = Challenges::new("tollgate");
-        let r = Reject::InvalidToken.into_response(&c);
+        let r = Reject::InvalidToken.into_response::<()>(&c);
         assert_eq!(r.status(), 401);
         assert_eq!(
             r.headers()[WWW_AUTHENTICATE],
@@ -320,7 +294,7 @@ mod tests {
 
     #[test]
     fn rate_limited_retry_after_is_at_least_one_second() {
-        let r = Reject::RateLimited { retry_after: 0 }.into_response(&Challenges::new("t"));
+        let r = Reject::RateLimited { retry_after: 0 }.into_response::<()>(&Challenges::new("t"));
         assert_eq!(r.headers()[RETRY_AFTER], "1");
     }
 }

@@ -21,7 +21,7 @@
 
 use std::borrow::Cow;
 
-use http::{Request, Uri, Version};
+use http::{Uri, Version};
 
 /// A canonical request target.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,16 +98,11 @@ pub fn parse(uri: &Uri) -> Result<Target<'_>, BadPath> {
     parse_path_and_query(uri)
 }
 
-/// Canonicalises the target of `req`, whatever its HTTP version.
+/// Canonicalises a request target, whatever its HTTP version.
 ///
 /// HTTP/1: as [`parse`] (origin form only). HTTP/2 and later: the URI's
 /// scheme and authority come from the `:scheme` and `:authority`
 /// pseudo-headers and are allowed; `:path` must satisfy the same rules.
-pub fn parse_request<B>(req: &Request<B>) -> Result<Target<'_>, BadPath> {
-    parse_versioned(req.version(), req.uri())
-}
-
-/// [`parse_request`] over a version and a URI.
 pub fn parse_versioned(version: Version, uri: &Uri) -> Result<Target<'_>, BadPath> {
     if version >= Version::HTTP_2 {
         parse_path_and_query(uri)
@@ -601,18 +596,13 @@ mod tests {
     }
 
     #[test]
-    fn parse_request_uses_the_request_version() {
-        let req = Request::builder()
-            .version(Version::HTTP_2)
-            .uri("https://example.com/a")
-            .body(())
-            .unwrap();
-        assert_eq!(parse_request(&req).unwrap().path, "/a");
-        let req = Request::builder()
-            .uri("https://example.com/a")
-            .body(())
-            .unwrap();
-        assert_eq!(parse_request(&req), Err(BadPath::NotOriginForm));
+    fn the_version_decides_whether_an_absolute_target_is_allowed() {
+        let uri: Uri = "https://example.com/a".parse().unwrap();
+        assert_eq!(parse_versioned(Version::HTTP_2, &uri).unwrap().path, "/a");
+        assert_eq!(
+            parse_versioned(Version::HTTP_11, &uri),
+            Err(BadPath::NotOriginForm)
+        );
     }
 
     #[test]

@@ -12,7 +12,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use tracing_subscriber::{reload, EnvFilter, Registry};
 
 use crate::config::{self, Settings};
 use crate::tokens::{Source, TokenIndex};
@@ -80,12 +79,11 @@ pub fn main() -> i32 {
         .and_then(|v| v.parse::<usize>().ok())
         .filter(|&n| n > 0)
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    crate::server::set_extra_workers(workers - 1);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("building the tokio runtime");
-    let result = rt.block_on(run(cli));
+    let result = rt.block_on(run(cli, workers - 1));
     match result {
         Ok(()) => 0,
         Err(e) => {
@@ -95,9 +93,11 @@ pub fn main() -> i32 {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+/// Runs a command; `extra_workers` is how many more runtimes serve data
+/// connections beside this thread's.
+async fn run(cli: Cli, extra_workers: usize) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve => serve(&cli.config).await,
+        Command::Serve => serve(&cli.config, extra_workers).await,
         Command::Check => check(&cli.config).await,
         Command::Explain {
             token_id,
@@ -109,7 +109,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let settings = load(&cli.config)?;
             let index = load_tokens(&settings).await?;
             let text = crate::explain::explain(
-                settings,
+                &settings,
                 &index,
                 token_id.as_deref(),
                 client_ip,
@@ -121,7 +121,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Token(token::TokenCommand::Hash) => token::hash_stdin(),
         Command::Token(cmd) => token::run(cmd, &load(&cli.config)?).await,
-        Command::Demo => crate::demo::run(&cli.config).await,
+        Command::Demo => crate::demo::run(&cli.config, extra_workers).await,
     }
 }
 
@@ -135,87 +135,14 @@ async fn load_tokens(settings: &Settings) -> anyhow::Result<TokenIndex> {
     Ok(TokenIndex::build(records)?)
 }
 
-/// Sets up diagnostics on stderr (the access log owns stdout), with
-/// colours only on a terminal. The filter can be replaced later by
-/// [`apply_log_level`] (a reload).
-pub fn init_tracing(settings: &Settings) {
-    use std::io::IsTerminal;
-    use tracing_subscriber::layer::SubscriberExt;
-    use tracing_subscriber::util::SubscriberInitExt;
-    let (filter, handle) = reload::Layer::new(env_filter(&settings.log.level));
-    let output = tracing_subscriber::fmt::layer()
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
-    let subscriber = tracing_subscriber::registry().with(filter);
-    let installed = match settings.log.format {
-        config::LogFormat::Json => subscriber.with(output.json()).try_init(),
-        config::LogFormat::Text => subscriber.with(output).try_init(),
-    };
-    if installed.is_ok() {
-        let _ = LEVEL.set(handle);
-    }
-}
-
-/// The filter of the subscriber `init_tracing` installed.
-static LEVEL: std::sync::OnceLock<reload::Handle<EnvFilter, Registry>> = std::sync::OnceLock::new();
-
-/// Applies `log.level` to the running diagnostics (a reload); a no-op where
-/// [`init_tracing`] did not install the subscriber (tests, embedders).
-pub fn apply_log_level(level: &str) {
-    if let Some(handle) = LEVEL.get() {
-        let _ = handle.reload(env_filter(level));
-    }
-}
-
-fn env_filter(level: &str) -> EnvFilter {
-    EnvFilter::try_new(log_filter(level)).unwrap_or_else(|_| EnvFilter::new("info"))
-}
-
-/// Dependencies whose `debug` and `trace` output is protocol detail (HTTP/2
-/// frames, TLS handshakes, socket polls, file-watch events): they see raw
-/// header blocks and key exchanges, and `notify` logs an event for every
-/// write to a watched directory, its own log file included.
-const QUIET_TARGETS: &[&str] = &[
-    "h2",
-    "hyper",
-    "hyper_util",
-    "rustls",
-    "tokio_rustls",
-    "notify",
-    "mio",
-];
-
-/// `log.level` as an `EnvFilter` directive string: when its default level
-/// is `debug` or `trace`, each of [`QUIET_TARGETS`] is capped at `info`
-/// unless the level names that target itself (`trace,h2=trace` lifts the
-/// cap for `h2`).
-pub fn log_filter(level: &str) -> String {
-    let directives: Vec<&str> = level.split(',').map(str::trim).collect();
-    let verbose = directives.iter().any(|d| {
-        ["debug", "trace", "4", "5"]
-            .iter()
-            .any(|l| d.eq_ignore_ascii_case(l))
-    });
-    let mut filter = level.trim().to_string();
-    if !verbose {
-        return filter;
-    }
-    for target in QUIET_TARGETS {
-        let named = directives.iter().any(|d| {
-            d.strip_prefix(target)
-                .is_some_and(|rest| rest.is_empty() || rest.starts_with(['=', ':', '[']))
-        });
-        if !named {
-            filter.push_str(&format!(",{target}=info"));
-        }
-    }
-    filter
-}
-
-async fn serve(path: &Path) -> anyhow::Result<()> {
+async fn serve(path: &Path, extra_workers: usize) -> anyhow::Result<()> {
     let settings = load(path)?;
-    init_tracing(&settings);
-    let launched = crate::server::launch::launch(path, Box::new(std::io::stdout())).await?;
+    crate::diagnostics::init(&settings);
+    let options = crate::server::launch::Options {
+        sink: Box::new(std::io::stdout()),
+        extra_workers,
+    };
+    let launched = crate::server::launch::launch_with(settings, options).await?;
     for addr in &launched.data_addrs {
         tracing::info!(%addr, "listening");
     }
@@ -239,8 +166,8 @@ async fn check(path: &Path) -> anyhow::Result<()> {
         .collect();
     let index = TokenIndex::build(records)
         .map_err(|e| anyhow::anyhow!("{}: tokens: {e}", path.display()))?;
-    // Runtime values (TLS files, CA bundles) are built too, as serve would.
-    let lasting = crate::snapshot::Lasting::new(crate::metrics::Metrics::new());
+    // The policy (TLS files, CA bundles) is built too, as serve would.
+    let retained = crate::policy::Retained::new(crate::metrics::Metrics::new());
     let listeners: Vec<String> = settings
         .listeners
         .iter()
@@ -251,10 +178,8 @@ async fn check(path: &Path) -> anyhow::Result<()> {
         .iter()
         .map(|r| format!("{} -> {}", r.prefix, r.upstream))
         .collect();
-    let warnings = settings.warnings.clone();
-    crate::snapshot::Runtime::compile(settings, &lasting)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    for w in &warnings {
+    crate::policy::Policy::build(&settings, &retained)?;
+    for w in &settings.warnings {
         eprintln!("warning: {w}");
     }
     for id in &plaintext {
@@ -268,37 +193,4 @@ async fn check(path: &Path) -> anyhow::Result<()> {
     }
     println!("tokens: {}", index.len());
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::log_filter;
-
-    #[test]
-    fn a_verbose_default_level_caps_protocol_crates_at_info() {
-        assert_eq!(
-            log_filter("trace"),
-            "trace,h2=info,hyper=info,hyper_util=info,rustls=info,tokio_rustls=info,notify=info,mio=info"
-        );
-        assert!(log_filter("debug,tollgate=trace").starts_with("debug,tollgate=trace,h2=info,"));
-    }
-
-    #[test]
-    fn a_quiet_default_level_is_left_alone_so_no_crate_gets_louder() {
-        assert_eq!(log_filter("warn"), "warn");
-        assert_eq!(log_filter("info"), "info");
-        assert_eq!(log_filter("tollgate=trace"), "tollgate=trace");
-    }
-
-    #[test]
-    fn a_target_the_level_names_keeps_the_level_it_was_given() {
-        let f = log_filter("trace, h2=trace,rustls::server=debug");
-        assert!(f.starts_with("trace, h2=trace,rustls::server=debug,hyper=info,"));
-        assert!(
-            !f.contains(",h2=info") && !f.contains(",rustls=info"),
-            "{f}"
-        );
-        // A longer name that merely starts with a capped one is not it.
-        assert!(log_filter("trace,h2c_thing=trace").contains(",h2=info"));
-    }
 }

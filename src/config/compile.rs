@@ -24,8 +24,8 @@ use super::schema::{self, Config, RateSpec};
 use super::yaml::{self, Report};
 use super::{env, values};
 use super::{
-    AuthSettings, ClientIpSettings, ConfigErrors, LimitBackend, LimitSettings, Listener, LogFormat,
-    LogSettings, RouteScopes, RouteSettings, Settings, SourceKind, Timeouts, TlsFiles,
+    AuthSettings, ClientIpSettings, ConfigErrors, LimitBackend, LimitSettings, Lines, Listener,
+    LogFormat, LogSettings, RouteScopes, RouteSettings, Settings, SourceKind, Timeouts, TlsFiles,
     TokenSourceSettings,
 };
 
@@ -48,8 +48,9 @@ pub(super) fn compile_with(
         env,
         dir: path.parent().unwrap_or(Path::new("")).to_path_buf(),
     };
-    let settings = c.settings(path, config);
+    let mut settings = c.settings(path, config);
     c.report.finish()?;
+    settings.lines = Lines(std::sync::Arc::new(spans));
     Ok(settings)
 }
 
@@ -84,6 +85,7 @@ impl Compiler<'_> {
             timeouts: self.timeouts(config.timeouts.unwrap_or_default()),
             routes: self.routes(config.routes),
             warnings: Vec::new(),
+            lines: Lines::default(),
         }
     }
 

@@ -44,6 +44,20 @@ pub struct Settings {
     pub routes: Vec<RouteSettings>,
     /// Non-fatal findings, printed by `check` (e.g. plaintext tokens).
     pub warnings: Vec<String>,
+    /// The line of every key path of the file, for errors found after
+    /// loading (when a [`crate::policy::Policy`] is built).
+    pub lines: Lines,
+}
+
+/// Where each key of a loaded config file is, by key path.
+#[derive(Debug, Clone, Default)]
+pub struct Lines(std::sync::Arc<spans::Spans>);
+
+impl Settings {
+    /// An error at `key_path` of this config file, with its line.
+    pub fn error(&self, key_path: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError::new(&self.file, self.lines.0.line(key_path), key_path, message)
+    }
 }
 
 #[derive(Debug, Clone)]

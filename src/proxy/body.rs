@@ -2,22 +2,20 @@
 //!
 //! [`ResponseBody`] is what every response carries: the upstream's body
 //! streamed as it arrives, or a small gateway-made body. It counts the bytes
-//! it yields and hands the request's access-log record over when it is done
-//! or dropped, so a log line carries the real `bytes_out` of a streamed
-//! response. [`RequestBody`] streams the client's body upstream and stops it
-//! with [`BodyTooLarge`] once it passes the route's `max_body_bytes`.
+//! it yields and, once it has ended or is dropped, hands the count to its
+//! [`BodyEnd`] — whatever the request attached (the access-log record, the
+//! upstream connection's lease, the client connection's in-flight mark),
+//! which this module knows nothing about. [`RequestBody`] streams the
+//! client's body upstream and stops it with [`BodyTooLarge`] once it passes
+//! the route's `max_body_bytes`; a client-side failure reaches the upstream
+//! client as [`ClientBodyError`], so it is never mistaken for the upstream's.
 
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-
-use super::pool::Lease;
-use crate::accesslog::{AccessLog, Record};
-use crate::server::activity::InFlight;
 
 /// A request or response body streamed from the other side.
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -27,81 +25,106 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 #[error("request body larger than the route allows")]
 pub struct BodyTooLarge;
 
+/// The client's body failed while it was streamed upstream: malformed
+/// framing, or the client went away mid-body.
+#[derive(Debug, thiserror::Error)]
+#[error("client request body failed")]
+pub struct ClientBodyError {
+    /// The client closed the connection before the body was complete.
+    pub closed: bool,
+}
+
+/// How a response body finished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// Every byte was yielded.
+    Complete,
+    /// The upstream's body failed part-way.
+    UpstreamFailed,
+    /// Dropped before its end: the client went away.
+    Abandoned,
+}
+
+/// What a response body hands its byte count to, exactly once, when it
+/// ends or is dropped.
+pub trait BodyEnd: Send + Unpin + 'static {
+    fn ended(self, bytes_out: u64, how: Ended);
+}
+
+/// Nothing attached.
+impl BodyEnd for () {
+    fn ended(self, _: u64, _: Ended) {}
+}
+
 enum Inner {
     Upstream(Incoming),
     Full(Option<Bytes>),
 }
 
 /// The body of every response the gateway sends.
-pub struct ResponseBody {
+pub struct ResponseBody<E: BodyEnd = ()> {
     inner: Inner,
-    log: Option<(Arc<AccessLog>, Record)>,
-    /// The upstream connection the body arrives on, handed back to its
-    /// pool once the body has ended or is dropped (after `inner`, declared
-    /// before it).
-    lease: Option<Lease>,
-    /// Keeps the request in flight on its client connection until the body
-    /// is done (its idle wait starts then).
-    in_flight: Option<InFlight>,
+    bytes_out: u64,
+    upstream_failed: bool,
+    end: Option<E>,
 }
 
-impl ResponseBody {
+impl<E: BodyEnd> ResponseBody<E> {
     pub fn full(bytes: Bytes) -> Self {
-        ResponseBody {
-            inner: Inner::Full(Some(bytes)),
-            log: None,
-            lease: None,
-            in_flight: None,
-        }
+        Self::with(Inner::Full(Some(bytes)))
     }
 
     pub fn empty() -> Self {
+        Self::with(Inner::Full(None))
+    }
+
+    /// The upstream's body, streamed.
+    pub fn upstream(body: Incoming) -> Self {
+        Self::with(Inner::Upstream(body))
+    }
+
+    fn with(inner: Inner) -> Self {
         ResponseBody {
-            inner: Inner::Full(None),
-            log: None,
-            lease: None,
-            in_flight: None,
+            inner,
+            bytes_out: 0,
+            upstream_failed: false,
+            end: None,
         }
     }
 
-    /// The upstream's body; `lease`, if any, goes back to its pool once
-    /// the body has ended or is dropped.
-    pub fn upstream(body: Incoming, lease: Option<Lease>) -> Self {
-        ResponseBody {
-            inner: Inner::Upstream(body),
-            log: None,
-            lease,
-            in_flight: None,
+    /// Attaches `end`, told the byte count once the body ends or is dropped.
+    pub fn on_end(&mut self, end: E) {
+        self.end = Some(end);
+    }
+
+    fn at_end(&self) -> bool {
+        match &self.inner {
+            Inner::Upstream(body) => body.is_end_stream(),
+            Inner::Full(bytes) => bytes.is_none(),
         }
     }
 
-    /// Writes `record` to `log` once the body is finished or dropped, with
-    /// `bytes_out` counted.
-    pub fn log_when_done(&mut self, log: Arc<AccessLog>, record: Record) {
-        self.log = Some((log, record));
-    }
-
-    /// Holds `in_flight` until the body is finished or dropped.
-    pub fn hold(&mut self, in_flight: InFlight) {
-        self.in_flight = Some(in_flight);
-    }
-
-    fn count(&mut self, n: usize) {
-        if let Some((_, r)) = &mut self.log {
-            r.bytes_out += n as u64;
+    fn finish(&mut self, how: Ended) {
+        if let Some(end) = self.end.take() {
+            end.ended(self.bytes_out, how);
         }
     }
 }
 
-impl Drop for ResponseBody {
+impl<E: BodyEnd> Drop for ResponseBody<E> {
     fn drop(&mut self) {
-        if let Some((log, record)) = self.log.take() {
-            log.submit(record);
-        }
+        let how = if self.upstream_failed {
+            Ended::UpstreamFailed
+        } else if self.at_end() {
+            Ended::Complete
+        } else {
+            Ended::Abandoned
+        };
+        self.finish(how);
     }
 }
 
-impl Body for ResponseBody {
+impl<E: BodyEnd> Body for ResponseBody<E> {
     type Data = Bytes;
     type Error = hyper::Error;
 
@@ -117,22 +140,20 @@ impl Body for ResponseBody {
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
-                    let n = data.len();
-                    this.count(n);
+                    this.bytes_out += data.len() as u64;
                 }
             }
-            // The upstream connection is free for the next request.
-            Poll::Ready(None) => drop(this.lease.take()),
-            _ => {}
+            Poll::Ready(Some(Err(_))) => this.upstream_failed = true,
+            // Ended: what is attached (the upstream connection above all)
+            // is released now, not when hyper drops the body.
+            Poll::Ready(None) => this.finish(Ended::Complete),
+            Poll::Pending => {}
         }
         polled
     }
 
     fn is_end_stream(&self) -> bool {
-        match &self.inner {
-            Inner::Upstream(body) => body.is_end_stream(),
-            Inner::Full(bytes) => bytes.is_none(),
-        }
+        self.at_end()
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -180,7 +201,9 @@ impl Body for RequestBody {
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(ClientBodyError {
+                closed: e.is_incomplete_message(),
+            })))),
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
         }

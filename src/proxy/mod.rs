@@ -13,23 +13,22 @@ pub mod body;
 pub mod headers;
 mod pool;
 
-pub use pool::upstream_number;
+pub use pool::Lease;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use http::uri::{PathAndQuery, Scheme};
-use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderValue, Request, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
-use self::body::{BodyTooLarge, RequestBody, ResponseBody};
+use self::body::{BodyTooLarge, ClientBodyError, RequestBody};
 use crate::reject::Reject;
-use crate::snapshot::Route;
 
 /// A pooled HTTP/1.1 client to upstreams, `http` or `https`.
 pub type Client = hyper_util::client::legacy::Client<HttpsConnector<HttpConnector>, RequestBody>;
@@ -72,6 +71,88 @@ impl Upstreams {
         clients.insert(key, (pem, client.clone()));
         Ok(client)
     }
+}
+
+/// One route's upstream, compiled for the request path: where to connect,
+/// what to send as `Host`, how long to wait, and the client to use.
+pub struct Upstream {
+    pub scheme: Scheme,
+    pub authority: Authority,
+    /// The upstream URL's path without a trailing `/` ("" for none).
+    pub base_path: Box<str>,
+    /// `Host` as sent upstream (the upstream's own, as a client would send it).
+    pub host: HeaderValue,
+    /// The upstream's number in the per-worker pools.
+    number: usize,
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+    /// The pooled client for `https` and WebSocket upgrades (shared across
+    /// routes and reloads where the settings match).
+    client: Client,
+}
+
+impl Upstream {
+    /// The upstream at `url`, with `ca` trusted besides the web PKI roots.
+    /// Errors name what is wrong, for the config key they came from.
+    pub fn new(
+        url: &Uri,
+        connect_timeout: Duration,
+        response_timeout: Duration,
+        ca: Option<&Path>,
+        upstreams: &Upstreams,
+    ) -> Result<Upstream, UpstreamError> {
+        let scheme = url
+            .scheme()
+            .cloned()
+            .ok_or(UpstreamError::Url("has no scheme".into()))?;
+        let authority = url
+            .authority()
+            .cloned()
+            .ok_or(UpstreamError::Url("has no host".into()))?;
+        let host = host_header(&scheme, &authority).map_err(UpstreamError::Url)?;
+        let client = upstreams
+            .client(connect_timeout, ca)
+            .map_err(UpstreamError::Ca)?;
+        Ok(Upstream {
+            number: pool::upstream_number(&authority),
+            base_path: url.path().trim_end_matches('/').into(),
+            scheme,
+            authority,
+            host,
+            connect_timeout,
+            response_timeout,
+            client,
+        })
+    }
+
+    /// The upstream request's target, origin-form: the upstream URL's path,
+    /// `path` (already canonical, its prefix stripped if the route says so)
+    /// and the untouched query.
+    pub fn target(&self, path: &str, query: Option<&str>) -> Result<Uri, Reject> {
+        let mut pq = String::with_capacity(
+            self.base_path.len() + path.len() + 1 + query.map_or(0, str::len),
+        );
+        pq.push_str(&self.base_path);
+        pq.push_str(path);
+        if let Some(q) = query {
+            pq.push('?');
+            pq.push_str(q);
+        }
+        PathAndQuery::from_maybe_shared(bytes::Bytes::from(pq))
+            .map(Uri::from)
+            .map_err(|_| Reject::BadPath)
+    }
+}
+
+/// Why an upstream could not be built from its settings.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// The URL (the `upstream` key).
+    #[error("{0}")]
+    Url(String),
+    /// The CA bundle (the `upstream_ca` key).
+    #[error("{0}")]
+    Ca(String),
 }
 
 fn build_client(connect_timeout: Duration, ca: Option<(&Path, &[u8])>) -> Result<Client, String> {
@@ -135,73 +216,75 @@ pub fn host_header(
     HeaderValue::from_str(&host).map_err(|e| format!("{host}: {e}"))
 }
 
-/// The upstream request's target, origin-form: the upstream URL's path,
-/// the canonical path (its prefix stripped if the route says so) and the
-/// untouched query.
-pub fn upstream_uri(route: &Route, path: &str, query: Option<&str>) -> Result<Uri, Reject> {
-    let path = if route.strip_prefix {
-        crate::target::strip_prefix_path(path, &route.prefix)
-    } else {
-        path
-    };
-    let mut pq =
-        String::with_capacity(route.base_path.len() + path.len() + 1 + query.map_or(0, str::len));
-    pq.push_str(&route.base_path);
-    pq.push_str(path);
-    if let Some(q) = query {
-        pq.push('?');
-        pq.push_str(q);
-    }
-    PathAndQuery::from_maybe_shared(bytes::Bytes::from(pq))
-        .map(Uri::from)
-        .map_err(|_| Reject::BadPath)
+/// What came back from the upstream: the response head, and its body
+/// streaming or, after `101 Switching Protocols`, the tunnel both sides
+/// now speak through.
+pub struct Forwarded {
+    pub head: http::response::Parts,
+    pub body: Upstreamed,
 }
 
-/// Sends a cleaned request (origin-form target, `Host` set) upstream and
-/// returns its response head with the body streaming. Waits at most the
-/// route's response timeout for the head.
+/// The body of a [`Forwarded`] response.
+pub enum Upstreamed {
+    /// The body streaming, and the pooled connection it arrives on (to be
+    /// dropped once the body is done).
+    Streaming(Incoming, Option<Lease>),
+    /// A WebSocket upgrade both sides accepted: bytes now flow through a
+    /// tunnel task; the response has no body.
+    Tunnel,
+}
+
+/// Sends a prepared request (origin-form target, every header rule already
+/// applied) upstream and returns its response head with the body
+/// streaming. Waits at most the upstream's response timeout for the head.
+/// The response's headers are the upstream's as sent; filtering them is
+/// the caller's.
 pub async fn forward(
-    route: &Route,
+    upstream: &Upstream,
     mut req: Request<RequestBody>,
     websocket: Option<hyper::upgrade::OnUpgrade>,
-) -> Result<Response<ResponseBody>, Reject> {
+) -> Result<Forwarded, Reject> {
     *req.version_mut() = Version::HTTP_11;
     let sent = async {
-        if websocket.is_none() && route.scheme == Scheme::HTTP {
-            let (resp, lease) =
-                pool::send(route.upstream, &route.authority, route.connect_timeout, req).await?;
+        if websocket.is_none() && upstream.scheme == Scheme::HTTP {
+            let (resp, lease) = pool::send(
+                upstream.number,
+                &upstream.authority,
+                upstream.connect_timeout,
+                req,
+            )
+            .await?;
             Ok::<_, Box<dyn std::error::Error + Send + Sync>>((resp, Some(lease)))
         } else {
             // `hyper_util`'s client reads the upstream from an absolute URI.
             let mut uri = std::mem::take(req.uri_mut()).into_parts();
-            uri.scheme = Some(route.scheme.clone());
-            uri.authority = Some(route.authority.clone());
+            uri.scheme = Some(upstream.scheme.clone());
+            uri.authority = Some(upstream.authority.clone());
             *req.uri_mut() = Uri::from_parts(uri)?;
-            Ok((route.client.request(req).await?, None))
+            Ok((upstream.client.request(req).await?, None))
         }
     };
-    let (mut resp, lease) = match tokio::time::timeout(route.response_timeout, sent).await {
+    let (mut resp, lease) = match tokio::time::timeout(upstream.response_timeout, sent).await {
         Err(_) => return Err(Reject::GatewayTimeout),
         Ok(Err(e)) => return Err(classify(&*e)),
         Ok(Ok(sent)) => sent,
     };
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     let upstream_side = switching.then(|| hyper::upgrade::on(&mut resp));
-    let (mut parts, body) = resp.into_parts();
+    let (head, body) = resp.into_parts();
     match (upstream_side, websocket) {
         (Some(upstream_side), Some(client_side)) => {
             tokio::spawn(tunnel(client_side, upstream_side));
-            headers::clean_response(&mut parts.headers, true);
-            Ok(Response::from_parts(parts, ResponseBody::empty()))
+            Ok(Forwarded {
+                head,
+                body: Upstreamed::Tunnel,
+            })
         }
         (Some(_), None) => Err(Reject::BadGateway),
-        (None, _) => {
-            headers::clean_response(&mut parts.headers, false);
-            Ok(Response::from_parts(
-                parts,
-                ResponseBody::upstream(body, lease),
-            ))
-        }
+        (None, _) => Ok(Forwarded {
+            head,
+            body: Upstreamed::Streaming(body, lease),
+        }),
     }
 }
 
@@ -215,30 +298,26 @@ async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnU
     let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
 }
 
-/// 413 when our own body limit stopped the request, else 502.
+/// Whose fault a failed exchange was: 413 when our own body limit stopped
+/// the request, 400 or 499 when the client's body failed (malformed, or
+/// the client went away), else the upstream's 502.
 fn classify(e: &(dyn std::error::Error + Send + Sync + 'static)) -> Reject {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = source {
         if err.is::<BodyTooLarge>() {
             return Reject::BodyTooLarge;
         }
+        if let Some(client) = err.downcast_ref::<ClientBodyError>() {
+            return if client.closed {
+                Reject::ClientClosed
+            } else {
+                Reject::BadRequest
+            };
+        }
         source = err.source();
     }
     tracing::debug!(error = %e, "upstream request failed");
     Reject::BadGateway
-}
-
-/// Turns the server-side request into the one sent upstream (used by the
-/// gateway after hygiene): new URI, body wrapped with its limit.
-pub fn upstream_request(
-    parts: http::request::Parts,
-    body: Incoming,
-    uri: Uri,
-    limit: Option<u64>,
-) -> Request<RequestBody> {
-    let mut req = Request::from_parts(parts, RequestBody::new(body, limit));
-    *req.uri_mut() = uri;
-    req
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@ use crate::accesslog::AccessLog;
 use crate::config;
 use crate::gateway::Gateway;
 use crate::metrics::Metrics;
-use crate::snapshot::{Lasting, Runtime};
+use crate::policy::{Policy, Retained};
 
 /// How long a stopping gateway spends writing the last token uses.
 const FINAL_FLUSH: std::time::Duration = std::time::Duration::from_secs(5);
@@ -68,21 +68,44 @@ impl Launched {
     }
 }
 
+/// How a gateway is started.
+pub struct Options {
+    /// Where access-log lines go.
+    pub sink: Box<dyn Write + Send>,
+    /// More threads, each with a current-thread runtime, that accept and
+    /// serve data connections beside the caller's runtime (the command
+    /// line: one per further core; tests: 0).
+    pub extra_workers: usize,
+}
+
 /// Loads `config_path` and starts serving. Access-log lines go to `sink`.
 pub async fn launch(config_path: &Path, sink: Box<dyn Write + Send>) -> anyhow::Result<Launched> {
-    let settings = config::load(config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let lasting = Lasting::new(Metrics::new());
-    let access_log = AccessLog::start(sink, settings.log.format);
+    let settings = config::load(config_path)?;
+    launch_with(
+        settings,
+        Options {
+            sink,
+            extra_workers: 0,
+        },
+    )
+    .await
+}
+
+/// Starts serving the loaded `settings`.
+pub async fn launch_with(settings: config::Settings, options: Options) -> anyhow::Result<Launched> {
+    let config_path = settings.file.clone();
+    let retained = Retained::new(Metrics::new());
+    let policy = Policy::build(&settings, &retained)?;
+    retained.adopt(&policy);
+    let access_log = AccessLog::start(options.sink, settings.log.format);
     let listen: Vec<_> = settings.listeners.iter().map(|l| l.addr).collect();
     let admin = settings.admin;
-    let runtime = Runtime::compile(settings, &lasting)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", config_path.display()))?;
-    if let Some(redis) = &runtime.shared_limits {
+    if let Some(redis) = &policy.shared_limits {
         // Connect now, so the first requests find the connection up (or
         // Redis known to be down, and logged) rather than wait on it.
         redis.connect();
     }
-    let gateway = Arc::new(Gateway::new(runtime, lasting, access_log));
+    let gateway = Arc::new(Gateway::new(policy, retained, access_log));
 
     let mut listeners = Vec::with_capacity(listen.len());
     let mut data_addrs = Vec::with_capacity(listen.len());
@@ -106,12 +129,17 @@ pub async fn launch(config_path: &Path, sink: Box<dyn Write + Send>) -> anyhow::
     };
 
     tokio::spawn(sweep_failed_auth(gateway.clone()));
-    let control = Control::new(gateway.clone(), config_path.to_path_buf());
+    let control = Control::new(gateway.clone(), config_path);
     control.start_tokens();
     let (stop_tx, stop_rx) = oneshot::channel();
-    let server = tokio::spawn(super::serve(gateway.clone(), listeners, async {
-        let _ = stop_rx.await;
-    }));
+    let server = tokio::spawn(super::serve(
+        gateway.clone(),
+        listeners,
+        options.extra_workers,
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
     Ok(Launched {
         gateway,
         control,
@@ -129,7 +157,7 @@ async fn sweep_failed_auth(gateway: Arc<Gateway>) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
     loop {
         tick.tick().await;
-        let guard = gateway.current.load().runtime.failed_auth.clone();
+        let guard = gateway.current.load().policy.failed_auth.clone();
         guard.retain_recent();
     }
 }

@@ -6,7 +6,7 @@
 //! timeout, so a silent client cannot hold a connection open.
 //!
 //! Runtime shape: connections are accepted and served by the runtime that
-//! calls [`serve`] and by [`set_extra_workers`] more threads, each running
+//! calls [`serve`] and by `extra_workers` more threads, each running
 //! its own current-thread runtime with its own accept loop on a duplicate of
 //! each listening socket (one kernel accept queue; whichever runtime is free
 //! takes the next connection). A connection stays on the runtime that
@@ -20,7 +20,6 @@ pub mod activity;
 pub mod launch;
 pub mod reload;
 pub mod signal;
-pub mod tls;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -95,31 +94,12 @@ impl Drop for Tracked {
     }
 }
 
-/// How many threads with a current-thread runtime each serve data
-/// connections beside the runtime that calls [`serve`].
-static EXTRA_WORKERS: AtomicUsize = AtomicUsize::new(0);
-
-/// Sets how many more threads, each with its own current-thread runtime,
-/// accept and serve data connections beside the caller's runtime (the
-/// command line: one per further core). Read by every later [`serve`].
-pub fn set_extra_workers(n: usize) {
-    EXTRA_WORKERS.store(n, Ordering::Relaxed);
-}
-
 /// Serves the data listeners until `shutdown` resolves, then drains:
 /// stops accepting, lets in-flight requests finish (up to
-/// `timeouts.shutdown_grace`), and returns.
+/// `timeouts.shutdown_grace`), and returns. `extra_workers` more threads,
+/// each with its own current-thread runtime, accept and serve data
+/// connections beside the caller's runtime.
 pub async fn serve(
-    gateway: Arc<Gateway>,
-    listeners: Vec<TcpListener>,
-    shutdown: impl Future<Output = ()>,
-) {
-    let extra = EXTRA_WORKERS.load(Ordering::Relaxed);
-    serve_with_workers(gateway, listeners, extra, shutdown).await
-}
-
-/// [`serve`] with `extra_workers` more current-thread runtimes.
-pub async fn serve_with_workers(
     gateway: Arc<Gateway>,
     listeners: Vec<TcpListener>,
     extra_workers: usize,
@@ -169,7 +149,7 @@ pub async fn serve_with_workers(
     let grace = gateway
         .current
         .load()
-        .runtime
+        .policy
         .settings
         .timeouts
         .shutdown_grace;
@@ -271,13 +251,13 @@ async fn serve_connection(
 ) {
     let (tls, limits) = {
         let snap = gateway.current.load();
-        let rt = &snap.runtime;
+        let policy = &snap.policy;
         let limits = Limits {
-            header_read: rt.settings.timeouts.header_read,
-            idle: rt.settings.timeouts.idle,
-            max_header_bytes: rt.settings.limits.max_header_bytes,
+            header_read: policy.settings.timeouts.header_read,
+            idle: policy.settings.timeouts.idle,
+            max_header_bytes: policy.settings.limits.max_header_bytes,
         };
-        (rt.tls.get(listener).cloned().flatten(), limits)
+        (policy.tls.get(listener).cloned().flatten(), limits)
     };
     let header_read = limits.header_read;
     match tls {
@@ -287,7 +267,7 @@ async fn serve_connection(
             else {
                 return;
             };
-            let h2 = stream.get_ref().1.alpn_protocol() == Some(tls::ALPN_H2);
+            let h2 = stream.get_ref().1.alpn_protocol() == Some(crate::tls::ALPN_H2);
             let conn = Conn::new(peer, true);
             run_http(gateway, stream, conn, h2, limits, stop).await;
         }
@@ -343,11 +323,7 @@ async fn run_http<I>(
         let gateway = gateway.clone();
         let conn = conn.clone();
         let in_flight = requests.begin();
-        async move {
-            let mut resp = gateway.handle(conn, req).await;
-            resp.body_mut().hold(in_flight);
-            Ok::<_, Infallible>(resp)
-        }
+        async move { Ok::<_, Infallible>(gateway.handle(&conn, req, in_flight).await) }
     });
     let stop = async move {
         let _ = stop.wait_for(|s| *s).await;
@@ -390,17 +366,17 @@ mod tests {
     use crate::accesslog::AccessLog;
     use crate::config::{self, LogFormat};
     use crate::metrics::Metrics;
-    use crate::snapshot::{Lasting, Runtime};
+    use crate::policy::{Policy, Retained};
     use crate::tokens::{TokenHash, TokenIndex, TokenRecord};
 
     fn gateway() -> Arc<Gateway> {
         let yaml = "listen:\n  - addr: 127.0.0.1:0\ntokens:\n  source: file\n  path: tokens.yaml\n\
                     routes:\n  - prefix: /api\n    upstream: http://127.0.0.1:9\n    scopes: [\"*\"]\n";
         let settings = config::load_str(Path::new("test.yaml"), yaml).unwrap();
-        let lasting = Lasting::new(Metrics::new());
-        let runtime = Runtime::compile(settings, &lasting).unwrap();
+        let retained = Retained::new(Metrics::new());
+        let policy = Policy::build(&settings, &retained).unwrap();
         let log = AccessLog::start(Box::new(std::io::sink()), LogFormat::Json);
-        let gateway = Arc::new(Gateway::new(runtime, lasting, log));
+        let gateway = Arc::new(Gateway::new(policy, retained, log));
         let token = TokenRecord::new("t", TokenHash::of(b"secret"), vec!["s".into()]);
         gateway
             .current
@@ -414,14 +390,9 @@ mod tests {
         let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve_with_workers(
-            gateway.clone(),
-            vec![listener],
-            1,
-            async {
-                let _ = stop_rx.await;
-            },
-        ));
+        let server = tokio::spawn(serve(gateway.clone(), vec![listener], 1, async {
+            let _ = stop_rx.await;
+        }));
         while !gateway.is_ready() {
             tokio::task::yield_now().await;
         }

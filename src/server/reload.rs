@@ -18,7 +18,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::config::{self, TokenSourceSettings};
 use crate::gateway::Gateway;
-use crate::snapshot::Runtime;
+use crate::policy::Policy;
 use crate::tokens::source::{Fingerprint, Loaded};
 use crate::tokens::usage::FLUSH_INTERVAL;
 use crate::tokens::{Source, TokenIndex};
@@ -61,7 +61,7 @@ impl Control {
     /// Starts (or restarts, if the source settings changed) the token
     /// loader for the current config; otherwise asks it to load now.
     pub fn start_tokens(&self) {
-        let settings = self.gateway.current.load().runtime.settings.tokens.clone();
+        let settings = self.gateway.current.load().policy.settings.tokens.clone();
         let mut loader = self.loader.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(l) = loader.as_ref() {
             if l.settings == settings {
@@ -110,10 +110,11 @@ impl Control {
     pub fn reload(&self) -> Result<(), String> {
         let settings = config::load(&self.config_path).map_err(|e| e.to_string())?;
         let gw = &self.gateway;
-        let runtime = Runtime::compile(settings, &gw.lasting)?;
-        gw.access_log.set_format(runtime.settings.log.format);
-        crate::cli::apply_log_level(&runtime.settings.log.level);
-        gw.current.set_runtime(runtime);
+        let policy = Policy::build(&settings, &gw.retained).map_err(|e| e.to_string())?;
+        gw.retained.adopt(&policy);
+        gw.access_log.set_format(settings.log.format);
+        crate::diagnostics::apply_level(&settings.log.level);
+        gw.current.set_policy(policy);
         self.start_tokens();
         tracing::info!(config = %self.config_path.display(), "configuration reloaded");
         Ok(())
@@ -138,7 +139,7 @@ async fn load_loop(
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, "token source cannot be opened");
-            gateway.lasting.metrics.token_source_up.set(0);
+            gateway.retained.metrics.token_source_up.set(0);
             // Still answer flush requests, so callers do not wait forever.
             while let Some(reply) = flushes.recv().await {
                 let _ = reply.send(Err(e.to_string()));
@@ -200,7 +201,7 @@ async fn load_once(
     source: &Source,
     fingerprint: &mut Option<Fingerprint>,
 ) -> bool {
-    let metrics = &gateway.lasting.metrics;
+    let metrics = &gateway.retained.metrics;
     // Only compare with the fingerprint of an index that is serving.
     let previous = fingerprint
         .take()
@@ -235,12 +236,12 @@ async fn load_once(
 /// usage state of tokens that are gone.
 fn install(gateway: &Gateway, index: TokenIndex) {
     gateway
-        .lasting
+        .retained
         .metrics
         .tokens_loaded
         .set(index.len() as i64);
     tracing::debug!(tokens = index.len(), "token index loaded");
-    let limiters = &gateway.lasting.limiters;
+    let limiters = &gateway.retained.limiters;
     if !limiters.is_empty() {
         limiters.retain(|id| index.contains_id(id));
     }

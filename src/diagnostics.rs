@@ -1,0 +1,119 @@
+//! Diagnostics: the gateway's own log on stderr (the access log owns
+//! stdout), its format and its level, which a reload may change.
+//!
+//! Invariant: protocol crates never log below `info` unless the level names
+//! them, so raw header blocks and key exchanges stay out of a debug log.
+
+use tracing_subscriber::{reload, EnvFilter, Registry};
+
+use crate::config::{LogFormat, Settings};
+
+/// Sets up diagnostics on stderr (the access log owns stdout), with
+/// colours only on a terminal. The filter can be replaced later by
+/// [`apply_level`] (a reload).
+pub fn init(settings: &Settings) {
+    use std::io::IsTerminal;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let (filter, handle) = reload::Layer::new(env_filter(&settings.log.level));
+    let output = tracing_subscriber::fmt::layer()
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    let subscriber = tracing_subscriber::registry().with(filter);
+    let installed = match settings.log.format {
+        LogFormat::Json => subscriber.with(output.json()).try_init(),
+        LogFormat::Text => subscriber.with(output).try_init(),
+    };
+    if installed.is_ok() {
+        let _ = LEVEL.set(handle);
+    }
+}
+
+/// The filter of the subscriber `init` installed.
+static LEVEL: std::sync::OnceLock<reload::Handle<EnvFilter, Registry>> = std::sync::OnceLock::new();
+
+/// Applies `log.level` to the running diagnostics (a reload); a no-op where
+/// [`init`] did not install the subscriber (tests, embedders).
+pub fn apply_level(level: &str) {
+    if let Some(handle) = LEVEL.get() {
+        let _ = handle.reload(env_filter(level));
+    }
+}
+
+fn env_filter(level: &str) -> EnvFilter {
+    EnvFilter::try_new(log_filter(level)).unwrap_or_else(|_| EnvFilter::new("info"))
+}
+
+/// Dependencies whose `debug` and `trace` output is protocol detail (HTTP/2
+/// frames, TLS handshakes, socket polls, file-watch events): they see raw
+/// header blocks and key exchanges, and `notify` logs an event for every
+/// write to a watched directory, its own log file included.
+const QUIET_TARGETS: &[&str] = &[
+    "h2",
+    "hyper",
+    "hyper_util",
+    "rustls",
+    "tokio_rustls",
+    "notify",
+    "mio",
+];
+
+/// `log.level` as an `EnvFilter` directive string: when its default level
+/// is `debug` or `trace`, each of [`QUIET_TARGETS`] is capped at `info`
+/// unless the level names that target itself (`trace,h2=trace` lifts the
+/// cap for `h2`).
+pub fn log_filter(level: &str) -> String {
+    let directives: Vec<&str> = level.split(',').map(str::trim).collect();
+    let verbose = directives.iter().any(|d| {
+        ["debug", "trace", "4", "5"]
+            .iter()
+            .any(|l| d.eq_ignore_ascii_case(l))
+    });
+    let mut filter = level.trim().to_string();
+    if !verbose {
+        return filter;
+    }
+    for target in QUIET_TARGETS {
+        let named = directives.iter().any(|d| {
+            d.strip_prefix(target)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with(['=', ':', '[']))
+        });
+        if !named {
+            filter.push_str(&format!(",{target}=info"));
+        }
+    }
+    filter
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_filter;
+
+    #[test]
+    fn a_verbose_default_level_caps_protocol_crates_at_info() {
+        assert_eq!(
+            log_filter("trace"),
+            "trace,h2=info,hyper=info,hyper_util=info,rustls=info,tokio_rustls=info,notify=info,mio=info"
+        );
+        assert!(log_filter("debug,tollgate=trace").starts_with("debug,tollgate=trace,h2=info,"));
+    }
+
+    #[test]
+    fn a_quiet_default_level_is_left_alone_so_no_crate_gets_louder() {
+        assert_eq!(log_filter("warn"), "warn");
+        assert_eq!(log_filter("info"), "info");
+        assert_eq!(log_filter("tollgate=trace"), "tollgate=trace");
+    }
+
+    #[test]
+    fn a_target_the_level_names_keeps_the_level_it_was_given() {
+        let f = log_filter("trace, h2=trace,rustls::server=debug");
+        assert!(f.starts_with("trace, h2=trace,rustls::server=debug,hyper=info,"));
+        assert!(
+            !f.contains(",h2=info") && !f.contains(",rustls=info"),
+            "{f}"
+        );
+        // A longer name that merely starts with a capped one is not it.
+        assert!(log_filter("trace,h2c_thing=trace").contains(",h2=info"));
+    }
+}

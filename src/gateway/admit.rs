@@ -1,0 +1,329 @@
+//! Admission: the contract's steps 1–8, in order, over a request head.
+//!
+//! The same code judges every request the gateway serves and every
+//! question `tollgate explain` answers; explain only passes a [`Trace`]
+//! that writes down why, and names its token by id instead of presenting
+//! a secret. Invariant: pure apart from the limiters and the token's
+//! last-use mark; reads no body, does no I/O, never keeps a credential.
+
+use std::fmt;
+use std::time::UNIX_EPOCH;
+
+use http::header::CONTENT_LENGTH;
+use http::{HeaderMap, Method, Uri, Version};
+
+use super::Exchange;
+use crate::config::RouteScopes;
+use crate::metrics::Limit;
+use crate::policy::{Policy, Retained, Route};
+use crate::ratelimit::{Allowed, Limited};
+use crate::reject::Reject;
+use crate::tokens::{TokenEntry, TokenIndex, TokenUsage};
+use crate::{auth, method, target};
+
+/// Longest request target accepted (414 beyond).
+pub const MAX_URI_BYTES: usize = 8 * 1024;
+
+/// The parts of a request that admission reads.
+#[derive(Debug, Clone, Copy)]
+pub struct Head<'r> {
+    pub method: &'r Method,
+    pub uri: &'r Uri,
+    pub version: Version,
+    pub headers: &'r HeaderMap,
+}
+
+impl<'r> Head<'r> {
+    pub fn of<B>(req: &'r http::Request<B>) -> Self {
+        Head {
+            method: req.method(),
+            uri: req.uri(),
+            version: req.version(),
+            headers: req.headers(),
+        }
+    }
+}
+
+/// Who the request claims to be.
+#[derive(Debug, Clone, Copy)]
+pub enum Who<'a> {
+    /// Whatever credential the request's headers carry (the gateway).
+    Headers,
+    /// The token with this id, or none (`tollgate explain`).
+    TokenId(Option<&'a str>),
+}
+
+/// Where admission writes down why it decided as it did.
+pub trait Trace {
+    /// Whether notes are kept (details that cost something to put
+    /// together are skipped otherwise).
+    fn on(&self) -> bool {
+        false
+    }
+
+    fn note(&mut self, _step: &'static str, _detail: fmt::Arguments<'_>) {}
+}
+
+/// No trace: the gateway's.
+impl Trace for () {}
+
+/// A trace as lines of `step: detail`.
+impl Trace for String {
+    fn on(&self) -> bool {
+        true
+    }
+
+    fn note(&mut self, step: &'static str, detail: fmt::Arguments<'_>) {
+        use fmt::Write as _;
+        let _ = writeln!(self, "{step}: {detail}");
+    }
+}
+
+/// What admission judges by: one snapshot's policy and tokens, the state
+/// that outlives it, and whether the gateway is serving.
+pub struct Admission<'p> {
+    pub policy: &'p Policy,
+    /// `None` until the first token load.
+    pub tokens: Option<&'p TokenIndex>,
+    pub retained: &'p Retained,
+    pub usage: &'p TokenUsage,
+    /// The data listeners are bound.
+    pub listening: bool,
+    pub draining: bool,
+}
+
+impl<'p> Admission<'p> {
+    /// Steps 1–8 of the contract, in order; the first that refuses
+    /// answers. Returns the route of an admitted request. A token limit
+    /// kept in Redis is left for the caller (`Exchange::limit_pending`),
+    /// since checking it is I/O.
+    pub fn admit(
+        &self,
+        head: Head<'_>,
+        who: Who<'_>,
+        ex: &mut Exchange<'p>,
+        trace: &mut impl Trace,
+    ) -> Result<&'p Route, Reject> {
+        let policy = self.policy;
+        // 1. Method and target.
+        if *head.method == Method::TRACE || *head.method == Method::CONNECT {
+            trace.note(
+                "method",
+                format_args!("TRACE and CONNECT are always refused"),
+            );
+            return Err(Reject::MethodNotAllowed);
+        }
+        if head.uri.path_and_query().map_or(0, |pq| pq.as_str().len()) > MAX_URI_BYTES {
+            return Err(Reject::UriTooLong);
+        }
+        let target = target::parse_versioned(head.version, head.uri).map_err(|e| {
+            trace.note("path", format_args!("refused ({e})"));
+            Reject::BadPath
+        })?;
+        // 2. Readiness.
+        if self.draining {
+            return Err(Reject::Draining);
+        }
+        let Some(tokens) = self.tokens else {
+            return Err(Reject::NotReady);
+        };
+        if !self.listening {
+            return Err(Reject::NotReady);
+        }
+        // 3. Addresses that keep presenting bad credentials.
+        if let Some(retry_after) = policy.failed_auth.blocked(ex.client.ip) {
+            self.retained.metrics.rate_limited(Limit::FailedAuth);
+            trace.note(
+                "client",
+                format_args!("locked out after failed credentials"),
+            );
+            return Err(Reject::RateLimited { retry_after });
+        }
+        // 4. Route.
+        let Some(route) = policy.routes.lookup(&target.path) else {
+            trace.note("route", format_args!("none matches {}", target.path));
+            return Err(Reject::NoRoute);
+        };
+        ex.route = Some(route);
+        if trace.on() {
+            let up = &route.upstream;
+            trace.note(
+                "route",
+                format_args!(
+                    "{} -> {}://{}{}",
+                    route.prefix, up.scheme, up.authority, up.base_path
+                ),
+            );
+            let scopes = match &route.access.scopes {
+                RouteScopes::AnyToken => "any valid token".to_string(),
+                RouteScopes::OneOf(s) => {
+                    format!("any of [{}] or {}", s.join(", "), policy.all_scope)
+                }
+            };
+            trace.note(
+                "route requires",
+                format_args!("{scopes}; anonymous read: {}", route.access.anonymous_read),
+            );
+        }
+        ex.writes = method::is_write(head.method, head.headers, target.query);
+        ex.websocket = method::is_websocket_upgrade(head.headers);
+        trace.note("writes", format_args!("{}", ex.writes));
+        // 5. Credentials.
+        let unix_now = ex
+            .ts
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let entry = match who {
+            Who::Headers => match policy
+                .credentials
+                .extract(head.headers)
+                .map_err(|_| Reject::AmbiguousCredentials)?
+            {
+                None => None,
+                Some(credential) => {
+                    let Some(entry) = auth::lookup(tokens, credential.token, unix_now) else {
+                        policy.failed_auth.record_failure(ex.client.ip);
+                        return Err(Reject::InvalidToken);
+                    };
+                    Some(entry)
+                }
+            },
+            Who::TokenId(None) => None,
+            Who::TokenId(Some(id)) => Some(by_id(tokens, id, unix_now, trace)?),
+        };
+        let Some(entry) = entry else {
+            if route.access.anonymous_read && !ex.writes {
+                trace.note(
+                    "anonymous",
+                    format_args!("allowed (read on an anonymous: read route)"),
+                );
+                return self.finish(route, &target, ex);
+            }
+            trace.note("anonymous", format_args!("refused"));
+            return Err(Reject::MissingToken);
+        };
+        ex.token = Some(entry);
+        entry
+            .usage
+            .get_or_init(|| self.usage.cell(entry.id_str()))
+            .touch(unix_now);
+        // 6. Address, scope, read-only.
+        auth::authorize(
+            &route.access,
+            entry,
+            ex.writes,
+            ex.client.ip,
+            &policy.all_scope,
+        )?;
+        // 7. Declared body size.
+        if let (Some(max), Some(declared)) = (route.max_body_bytes, declared_length(head.headers)) {
+            if declared > max {
+                return Err(Reject::BodyTooLarge);
+            }
+        }
+        // 8. The token's rate limit: here if local, else left to the caller.
+        let rate = entry.rate_limit.unwrap_or(policy.per_token);
+        trace.note(
+            "rate limit",
+            format_args!(
+                "{} per {:?}, burst {}{}",
+                rate.requests,
+                rate.per,
+                rate.burst,
+                if entry.rate_limit.is_some() {
+                    " (token override)"
+                } else {
+                    " (limits.per_token)"
+                }
+            ),
+        );
+        if policy.shared_limits.as_ref().is_some_and(|r| r.is_up()) {
+            ex.limit_pending = true;
+        } else {
+            match self.local_limit(entry) {
+                Ok(allowed) => ex.quota = Some(allowed),
+                Err(limited) => return Err(ex.rate_limited(limited)),
+            }
+        }
+        self.finish(route, &target, ex)
+    }
+
+    /// The upstream target of an admitted request.
+    fn finish(
+        &self,
+        route: &'p Route,
+        target: &target::Target<'_>,
+        ex: &mut Exchange<'p>,
+    ) -> Result<&'p Route, Reject> {
+        let path = if route.strip_prefix {
+            target::strip_prefix_path(&target.path, &route.prefix)
+        } else {
+            &target.path
+        };
+        ex.upstream_target = route.upstream.target(path, target.query)?;
+        Ok(route)
+    }
+
+    /// Step 8 on the token's local limiter (taken from the registry, which
+    /// keeps its state across reloads, on first use). Allocation-free.
+    #[inline]
+    pub fn local_limit(&self, entry: &TokenEntry) -> Result<Allowed, Limited> {
+        let limiter = entry.limiter.get_or_init(|| {
+            let rate = entry.rate_limit.unwrap_or(self.policy.per_token);
+            self.retained.limiters.get_or_create(entry.id_str(), rate)
+        });
+        limiter.check()
+    }
+}
+
+/// `tollgate explain`'s token: the live entry with this id, and why not.
+fn by_id<'i>(
+    tokens: &'i TokenIndex,
+    id: &str,
+    unix_now: i64,
+    trace: &mut impl Trace,
+) -> Result<&'i TokenEntry, Reject> {
+    let Some(entry) = tokens.find_id(id) else {
+        trace.note("token", format_args!("no token with id {id:?}"));
+        return Err(Reject::InvalidToken);
+    };
+    if trace.on() {
+        let expires = entry.expires_at.map_or("never".to_string(), |t| {
+            time::OffsetDateTime::from_unix_timestamp(t)
+                .ok()
+                .and_then(|t| {
+                    t.format(&time::format_description::well_known::Rfc3339)
+                        .ok()
+                })
+                .unwrap_or_default()
+        });
+        trace.note(
+            "token",
+            format_args!(
+                "{id}; scopes [{}]; read-only {}; disabled {}; expires {expires}",
+                entry.scopes.names.join(", "),
+                entry.read_only,
+                entry.disabled,
+            ),
+        );
+    }
+    if !entry.is_live(unix_now) {
+        let why = if entry.disabled {
+            "disabled"
+        } else {
+            "expired"
+        };
+        trace.note("token", format_args!("{why}"));
+        return Err(Reject::InvalidToken);
+    }
+    Ok(entry)
+}
+
+/// `Content-Length` as a number; `None` when absent (hyper has already
+/// refused malformed or conflicting framing).
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}

@@ -1,0 +1,62 @@
+//! Preparing the upstream request: every request-header rule in one place.
+//!
+//! In order: the client's `Host` is kept aside for `X-Forwarded-Host`;
+//! hygiene deletes what must not reach the upstream (forwarding headers of
+//! untrusted peers, hop-by-hop headers, the credential headers unless
+//! forwarded, `_` names, `X-Tollgate-*`); then the gateway's own headers are
+//! set (`Host`, framing, identity, forwarding, `X-Request-Id`), so nothing
+//! a client sent can pose as one of them. Invariant: the target sent is the
+//! one admission authorised; the body streams, limited to the route's size.
+
+use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use http::{HeaderValue, Request};
+use hyper::body::Incoming;
+
+use super::{Conn, Exchange};
+use crate::policy::{Policy, Route};
+use crate::proxy::body::RequestBody;
+use crate::proxy::headers::{self, Forwarding, Hygiene};
+
+static CHUNKED: HeaderValue = HeaderValue::from_static("chunked");
+
+/// The request to send upstream for an admitted `req`.
+pub fn upstream_request(
+    policy: &Policy,
+    route: &Route,
+    conn: &Conn,
+    ex: &mut Exchange<'_>,
+    req: Request<Incoming>,
+) -> Request<RequestBody> {
+    let (mut parts, body) = req.into_parts();
+    let trusted_peer = ex.client.peer_trusted;
+    let host = headers::client_host(&parts.headers, &parts.uri);
+    headers::clean_request(
+        &mut parts.headers,
+        &Hygiene {
+            trusted_peer,
+            credentials: &policy.credentials,
+            websocket: ex.websocket,
+        },
+    );
+    // The upstream's own Host; `hyper_util`'s client keeps a Host it finds.
+    parts.headers.insert(HOST, route.upstream.host.clone());
+    // The client's framing is gone with Transfer-Encoding. A body of
+    // unknown length goes upstream chunked: hyper's client would otherwise
+    // send a GET or HEAD without one, silently dropping it.
+    if !parts.headers.contains_key(CONTENT_LENGTH) && !http_body::Body::is_end_stream(&body) {
+        parts.headers.insert(TRANSFER_ENCODING, CHUNKED.clone());
+    }
+    headers::add_forwarding(
+        &mut parts.headers,
+        &Forwarding {
+            peer: &conn.peer_value,
+            trusted_peer,
+            proto: if conn.tls { "https" } else { "http" },
+            host,
+            identity: ex.token.map(|e| (&e.id, &e.scopes.header)),
+            request_id: &ex.request_id,
+        },
+    );
+    parts.uri = std::mem::take(&mut ex.upstream_target);
+    Request::from_parts(parts, RequestBody::new(body, route.max_body_bytes))
+}
