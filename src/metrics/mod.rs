@@ -70,6 +70,8 @@ pub const REASONS: &[&str] = &[
     "read_only_token",
     "body_too_large",
     "uri_too_long",
+    "bad_request",
+    "client_closed",
     "rate_limited",
     "not_ready",
     "bad_gateway",

@@ -201,9 +201,10 @@ impl Body for RequestBody {
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(ClientBodyError {
-                closed: e.is_incomplete_message(),
-            })))),
+            Poll::Ready(Some(Err(e))) => {
+                let closed = client_went_away(&e);
+                Poll::Ready(Some(Err(Box::new(ClientBodyError { closed }))))
+            }
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
         }
@@ -216,4 +217,24 @@ impl Body for RequestBody {
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
     }
+}
+
+/// Whether a client body error means the client went away (the connection
+/// ended or was reset mid-body) rather than sent malformed framing.
+fn client_went_away(e: &hyper::Error) -> bool {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset, UnexpectedEof};
+    if e.is_incomplete_message() || e.is_closed() {
+        return true;
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe
+            );
+        }
+        source = err.source();
+    }
+    false
 }

@@ -4,6 +4,7 @@
 
 mod adversarial;
 mod cli;
+mod client_faults;
 mod database;
 mod decisions;
 mod forwarding;
