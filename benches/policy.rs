@@ -91,7 +91,7 @@ fn policy(c: &mut Criterion) {
             let route = runtime.routes.lookup(&t.path).unwrap();
             let writes = method::is_write(req.method(), req.headers(), t.query);
             let cred = runtime.credentials.extract(req.headers()).unwrap().unwrap();
-            let entry = tokens.get(&TokenHash::of(cred.token)).unwrap();
+            let entry = tokens.get(&TokenHash::of(&cred.token)).unwrap();
             auth::authorize(&route.access, entry, writes, client_ip, "scope:all").unwrap();
             black_box(entry.id.clone())
         })

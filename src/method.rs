@@ -1,9 +1,10 @@
 //! Whether a request counts as writing (read-only tokens and anonymous
 //! requests may not write).
 //!
-//! A request writes when its method is not exactly `GET`, `HEAD` or
-//! `OPTIONS`, when a method-override header or a `_method` query parameter
-//! names anything else, or when it asks for a WebSocket upgrade.
+//! A request writes when its method is not one of the route's read methods
+//! (by default exactly `GET`, `HEAD` and `OPTIONS`; `routes[].read_methods`
+//! replaces the list), when a method-override header or a `_method` query
+//! parameter names anything else, or when it asks for a WebSocket upgrade.
 //!
 //! Invariant: when in doubt, a request writes: every override spelling an
 //! upstream framework might honour is compared after decoding, exactly and
@@ -26,24 +27,88 @@ pub const X_METHOD_OVERRIDE: HeaderName = HeaderName::from_static("x-method-over
 pub const OVERRIDE_HEADERS: [HeaderName; 3] =
     [X_HTTP_METHOD_OVERRIDE, X_HTTP_METHOD, X_METHOD_OVERRIDE];
 
-/// Whether the request counts as writing.
+/// The methods that count as reading on a route (`routes[].read_methods`),
+/// compared exactly and case-sensitively.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadMethods(Option<Box<[Method]>>);
+
+impl Default for ReadMethods {
+    /// `GET`, `HEAD` and `OPTIONS`.
+    fn default() -> Self {
+        ReadMethods(None)
+    }
+}
+
+impl ReadMethods {
+    /// Exactly `methods` (an empty list: every request writes).
+    pub fn only(methods: Vec<Method>) -> Self {
+        ReadMethods(Some(methods.into()))
+    }
+
+    /// Whether `method` reads.
+    #[inline]
+    pub fn contains(&self, method: &Method) -> bool {
+        match &self.0 {
+            None => is_read_method(method),
+            Some(list) => list.contains(method),
+        }
+    }
+
+    /// Whether a method named by an override header reads.
+    fn names(&self, name: &[u8]) -> bool {
+        match &self.0 {
+            None => matches!(name, b"GET" | b"HEAD" | b"OPTIONS"),
+            Some(list) => list.iter().any(|m| m.as_str().as_bytes() == name),
+        }
+    }
+
+    /// Whether a `_method` value, form-decoded once, names a read method.
+    fn names_decoded(&self, raw: &[u8]) -> bool {
+        let is = |m: &[u8]| FormDecoded::new(raw).eq(m.iter().copied());
+        match &self.0 {
+            None => [&b"GET"[..], b"HEAD", b"OPTIONS"].iter().any(|m| is(m)),
+            Some(list) => list.iter().any(|m| is(m.as_str().as_bytes())),
+        }
+    }
+
+    /// The methods, for `explain`.
+    pub fn list(&self) -> Vec<&str> {
+        match &self.0 {
+            None => vec!["GET", "HEAD", "OPTIONS"],
+            Some(list) => list.iter().map(Method::as_str).collect(),
+        }
+    }
+}
+
+/// Whether the request counts as writing with the default read methods.
 ///
 /// `query` is the raw query string (without `?`).
 pub fn is_write(method: &Method, headers: &HeaderMap, query: Option<&str>) -> bool {
-    if !is_read_method(method) {
+    writes(method, headers, query, &ReadMethods::default())
+}
+
+/// Whether the request counts as writing on a route whose read methods are
+/// `read`.
+pub fn writes(
+    method: &Method,
+    headers: &HeaderMap,
+    query: Option<&str>,
+    read: &ReadMethods,
+) -> bool {
+    if !read.contains(method) {
         return true;
     }
     for name in &OVERRIDE_HEADERS {
         if headers
             .get_all(name)
             .iter()
-            .any(|v| !is_read_name(v.as_bytes()))
+            .any(|v| !read.names(v.as_bytes()))
         {
             return true;
         }
     }
     if let Some(q) = query {
-        if query_overrides_to_write(q) {
+        if query_overrides_to_write(q, read) {
             return true;
         }
     }
@@ -53,10 +118,6 @@ pub fn is_write(method: &Method, headers: &HeaderMap, query: Option<&str>) -> bo
 /// Whether `method` is exactly `GET`, `HEAD` or `OPTIONS` (case-sensitive).
 pub fn is_read_method(method: &Method) -> bool {
     *method == Method::GET || *method == Method::HEAD || *method == Method::OPTIONS
-}
-
-fn is_read_name(name: &[u8]) -> bool {
-    matches!(name, b"GET" | b"HEAD" | b"OPTIONS")
 }
 
 /// Whether the request asks for a WebSocket upgrade: an `Upgrade` header
@@ -82,7 +143,7 @@ pub fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
 /// `[` on is cut and ` ` or `.` read as `_` (PHP's rewriting of parameter
 /// names). `_method` without `=` or with an empty value names nothing
 /// allowed, so it writes.
-fn query_overrides_to_write(query: &str) -> bool {
+fn query_overrides_to_write(query: &str, read: &ReadMethods) -> bool {
     query
         .as_bytes()
         .split(|&b| b == b'&' || b == b';')
@@ -91,7 +152,7 @@ fn query_overrides_to_write(query: &str) -> bool {
                 Some(i) => (&pair[..i], &pair[i + 1..]),
                 None => (pair, &pair[pair.len()..]),
             };
-            is_method_param(name) && !is_read_name_decoded(value)
+            is_method_param(name) && !read.names_decoded(value)
         })
 }
 
@@ -104,12 +165,6 @@ fn is_method_param(raw: &[u8]) -> bool {
             other => other.to_ascii_lowercase(),
         });
     name.eq(b"_method".iter().copied())
-}
-
-fn is_read_name_decoded(raw: &[u8]) -> bool {
-    [&b"GET"[..], b"HEAD", b"OPTIONS"]
-        .iter()
-        .any(|m| FormDecoded::new(raw).eq(m.iter().copied()))
 }
 
 /// The bytes of an `application/x-www-form-urlencoded` component, decoded

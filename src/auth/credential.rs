@@ -3,10 +3,16 @@
 //! A credential is an `Authorization` header whose scheme is configured
 //! (compared case-insensitively) or a configured token header. An
 //! `Authorization` header with another scheme is not a credential. More
-//! than one credential in total is [`Ambiguous`].
+//! than one credential in total is [`Ambiguous`]. With `basic` among the
+//! schemes, `Basic base64(user:token)` carries the token as the password;
+//! the user part is ignored.
 //!
-//! Invariant: the token is borrowed from the header value, byte for byte,
-//! never copied, trimmed inside or logged. Does no I/O.
+//! Invariant: the token is borrowed from the header value, byte for byte
+//! (decoded only for `Basic`), never trimmed inside or logged. Does no I/O.
+
+use std::borrow::Cow;
+
+use base64::Engine as _;
 
 use http::header::AUTHORIZATION;
 use http::{HeaderMap, HeaderName};
@@ -14,12 +20,13 @@ use http::{HeaderMap, HeaderName};
 /// The one credential a request carries.
 ///
 /// `Debug` shows where the token came from and its length, never the token.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Credential<'h> {
     /// The exact token bytes (case-sensitive). Empty when the header holds
-    /// no token (`Authorization: Bearer`, `xc-token:`): a malformed
-    /// credential, answered 401 `invalid_token`.
-    pub token: &'h [u8],
+    /// no token (`Authorization: Bearer`, `xc-token:`, a `Basic` value that
+    /// is not base64 of `user:token`): a malformed credential, answered 401
+    /// `invalid_token`.
+    pub token: Cow<'h, [u8]>,
     /// Which header carried it.
     pub header: CredentialHeader,
 }
@@ -78,6 +85,11 @@ pub fn extract<'h>(
 
     for value in headers.get_all(AUTHORIZATION) {
         if let Some(token) = authorization_token(value.as_bytes(), schemes) {
+            let token = if is_basic(value.as_bytes()) {
+                Cow::Owned(basic_password(token))
+            } else {
+                Cow::Borrowed(token)
+            };
             add(Credential {
                 token,
                 header: CredentialHeader::Authorization,
@@ -92,12 +104,35 @@ pub fn extract<'h>(
         }
         for value in headers.get_all(name) {
             add(Credential {
-                token: value.as_bytes(),
+                token: Cow::Borrowed(value.as_bytes()),
                 header: CredentialHeader::Token(i),
             })?;
         }
     }
     Ok(found)
+}
+
+/// Whether an `Authorization` value's scheme is `Basic`.
+fn is_basic(value: &[u8]) -> bool {
+    value.len() >= 5
+        && value[..5].eq_ignore_ascii_case(b"basic")
+        && value.get(5).is_none_or(|&b| b == b' ' || b == b'\t')
+}
+
+/// The password of a `Basic` credential (`base64(user:password)`), or
+/// nothing (malformed) when it is not base64 of a `user:password` pair.
+fn basic_password(encoded: &[u8]) -> Vec<u8> {
+    let engine = &base64::engine::general_purpose::STANDARD;
+    let Ok(mut pair) = engine.decode(encoded) else {
+        return Vec::new();
+    };
+    match pair.iter().position(|&b| b == b':') {
+        Some(colon) => pair.split_off(colon + 1),
+        None => {
+            pair.clear();
+            Vec::new()
+        }
+    }
 }
 
 /// The token of an `Authorization` value whose scheme is one of `schemes`

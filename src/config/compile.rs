@@ -73,17 +73,26 @@ impl Compiler<'_> {
                 );
             }
         }
+        let auth = self.auth(config.auth.unwrap_or_default());
+        let forwarding = config.forwarding.unwrap_or_default();
+        let remove_request_headers = self.removed_headers(
+            "forwarding.remove_request_headers",
+            forwarding.remove_request_headers.unwrap_or_default(),
+            &auth,
+        );
+        let routes = self.routes(config.routes, &auth);
         Settings {
             file: file.to_path_buf(),
             listeners,
             admin,
             log: self.log(config.log.unwrap_or_default()),
             tokens: self.tokens(config.tokens),
-            auth: self.auth(config.auth.unwrap_or_default()),
+            auth,
             client_ip: self.client_ip(config.client_ip.unwrap_or_default()),
             limits: self.limits(config.limits.unwrap_or_default()),
             timeouts: self.timeouts(config.timeouts.unwrap_or_default()),
-            routes: self.routes(config.routes),
+            remove_request_headers,
+            routes,
             warnings: Vec::new(),
             lines: Lines::default(),
         }
@@ -436,7 +445,72 @@ impl Compiler<'_> {
         }
     }
 
-    fn routes(&mut self, specs: Vec<schema::RouteSpec>) -> Vec<RouteSettings> {
+    /// A `remove_request_headers` list: header names, none of them a
+    /// configured credential header (a removed header is never a
+    /// credential).
+    fn removed_headers(
+        &mut self,
+        path: &str,
+        raw: Vec<String>,
+        auth: &AuthSettings,
+    ) -> Vec<http::HeaderName> {
+        let mut out: Vec<http::HeaderName> = Vec::with_capacity(raw.len());
+        for (i, raw) in raw.iter().enumerate() {
+            let p = format!("{path}[{i}]");
+            let s = self.string(&p, raw);
+            let Ok(name) = http::HeaderName::from_bytes(s.to_ascii_lowercase().as_bytes()) else {
+                self.report
+                    .error(&p, format!("{s:?} is not a valid header name"));
+                continue;
+            };
+            if name == http::header::AUTHORIZATION && !auth.schemes.is_empty() {
+                self.report.error(
+                    &p,
+                    "authorization carries the credential (auth.schemes); it cannot be removed here",
+                );
+            } else if let Some(j) = auth.headers.iter().position(|h| *h == name) {
+                self.report.error(
+                    &p,
+                    format!(
+                        "{:?} is auth.headers[{j}], a credential header; it cannot be removed here",
+                        name.as_str()
+                    ),
+                );
+            } else if let Some(j) = out.iter().position(|h| *h == name) {
+                self.report
+                    .error(&p, format!("{:?} duplicates {path}[{j}]", name.as_str()));
+            } else {
+                out.push(name);
+            }
+        }
+        out
+    }
+
+    /// `routes[].read_methods`: method names, exactly as sent (methods are
+    /// case-sensitive), no TRACE or CONNECT.
+    fn read_methods(&mut self, path: &str, raw: Vec<String>) -> Vec<http::Method> {
+        let mut out: Vec<http::Method> = Vec::with_capacity(raw.len());
+        for (i, raw) in raw.iter().enumerate() {
+            let p = format!("{path}[{i}]");
+            let s = self.string(&p, raw);
+            match http::Method::from_bytes(s.as_bytes()) {
+                Err(_) => self
+                    .report
+                    .error(&p, format!("{s:?} is not an HTTP method")),
+                Ok(m) if m == http::Method::TRACE || m == http::Method::CONNECT => {
+                    self.report
+                        .error(&p, format!("{m} is always refused; it cannot read"));
+                }
+                Ok(m) if out.contains(&m) => {
+                    self.report.error(&p, format!("{m} is listed twice"));
+                }
+                Ok(m) => out.push(m),
+            }
+        }
+        out
+    }
+
+    fn routes(&mut self, specs: Vec<schema::RouteSpec>, auth: &AuthSettings) -> Vec<RouteSettings> {
         if specs.is_empty() {
             self.report.error(
                 "routes",
@@ -501,6 +575,14 @@ impl Compiler<'_> {
                 }
                 self.file(&path, &raw, true)
             });
+            let read_methods = spec
+                .read_methods
+                .map(|raw| self.read_methods(&format!("{p}.read_methods"), raw));
+            let remove_request_headers = self.removed_headers(
+                &format!("{p}.remove_request_headers"),
+                spec.remove_request_headers.unwrap_or_default(),
+                auth,
+            );
             out.push(RouteSettings {
                 prefix,
                 upstream,
@@ -510,6 +592,8 @@ impl Compiler<'_> {
                 upstream_response_timeout,
                 max_body_bytes: spec.max_body_bytes,
                 upstream_ca,
+                read_methods,
+                remove_request_headers,
             });
         }
         out

@@ -40,6 +40,8 @@ pub struct Settings {
     pub client_ip: ClientIpSettings,
     pub limits: LimitSettings,
     pub timeouts: Timeouts,
+    /// `forwarding.remove_request_headers`: removed on every route.
+    pub remove_request_headers: Vec<HeaderName>,
     /// Routes in config order (the route table sorts them for matching).
     pub routes: Vec<RouteSettings>,
     /// Non-fatal findings, printed by `check` (e.g. plaintext tokens).
@@ -170,6 +172,10 @@ pub struct RouteSettings {
     pub max_body_bytes: Option<u64>,
     /// Extra CA bundle (PEM) to verify an `https` upstream with.
     pub upstream_ca: Option<PathBuf>,
+    /// `read_methods`: `None` for the default `GET`, `HEAD`, `OPTIONS`.
+    pub read_methods: Option<Vec<http::Method>>,
+    /// `remove_request_headers` of this route.
+    pub remove_request_headers: Vec<HeaderName>,
 }
 
 /// Reads, expands, parses and validates the config at `path`.

@@ -24,7 +24,16 @@ pub(crate) struct Config {
     pub limits: Option<LimitsSpec>,
     #[serde(default)]
     pub timeouts: Option<TimeoutsSpec>,
+    #[serde(default)]
+    pub forwarding: Option<ForwardingSpec>,
     pub routes: Vec<RouteSpec>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ForwardingSpec {
+    #[serde(default)]
+    pub remove_request_headers: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -153,4 +162,8 @@ pub(crate) struct RouteSpec {
     pub max_body_bytes: Option<u64>,
     #[serde(default)]
     pub upstream_ca: Option<String>,
+    #[serde(default)]
+    pub read_methods: Option<Vec<String>>,
+    #[serde(default)]
+    pub remove_request_headers: Option<Vec<String>>,
 }

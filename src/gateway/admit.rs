@@ -10,7 +10,7 @@ use std::fmt;
 use std::time::UNIX_EPOCH;
 
 use http::header::CONTENT_LENGTH;
-use http::{HeaderMap, Method, Uri, Version};
+use http::{HeaderMap, HeaderName, Method, Uri, Version};
 
 use super::Exchange;
 use crate::config::RouteScopes;
@@ -165,8 +165,21 @@ impl<'p> Admission<'p> {
                 format_args!("{scopes}; anonymous read: {}", route.access.anonymous_read),
             );
         }
-        ex.writes = method::is_write(head.method, head.headers, target.query);
+        ex.writes = method::writes(head.method, head.headers, target.query, &route.read_methods);
         ex.websocket = method::is_websocket_upgrade(head.headers);
+        if trace.on() {
+            trace.note(
+                "read methods",
+                format_args!("[{}]", route.read_methods.list().join(", ")),
+            );
+            if let Some(names) = &route.remove_headers {
+                let names: Vec<&str> = names.iter().map(HeaderName::as_str).collect();
+                trace.note(
+                    "removed before forwarding",
+                    format_args!("{}", names.join(", ")),
+                );
+            }
+        }
         trace.note("writes", format_args!("{}", ex.writes));
         // 5. Credentials.
         let unix_now = ex
@@ -181,7 +194,7 @@ impl<'p> Admission<'p> {
             {
                 None => None,
                 Some(credential) => {
-                    let Some(entry) = auth::lookup(tokens, credential.token, unix_now) else {
+                    let Some(entry) = auth::lookup(tokens, &credential.token, unix_now) else {
                         policy.failed_auth.record_failure(ex.client.ip);
                         return Err(Reject::InvalidToken);
                     };

@@ -38,6 +38,12 @@ pub fn upstream_request(
             websocket: ex.websocket,
         },
     );
+    // Never forwarded, whatever the spelling or count (names are lowercase).
+    if let Some(names) = &route.remove_headers {
+        for name in names.iter() {
+            parts.headers.remove(name);
+        }
+    }
     // The upstream's own Host; `hyper_util`'s client keeps a Host it finds.
     parts.headers.insert(HOST, route.upstream.host.clone());
     // The client's framing is gone with Transfer-Encoding. A body of
@@ -58,5 +64,6 @@ pub fn upstream_request(
         },
     );
     parts.uri = std::mem::take(&mut ex.upstream_target);
-    Request::from_parts(parts, RequestBody::new(body, route.max_body_bytes))
+    let body = RequestBody::new(body, route.max_body_bytes, route.remove_headers.clone());
+    Request::from_parts(parts, body)
 }

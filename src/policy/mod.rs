@@ -17,10 +17,12 @@ pub use retained::Retained;
 
 use std::sync::Arc;
 
+use http::HeaderName;
 use ipnet::IpNet;
 
 use crate::auth::{Credentials, RouteAccess};
 use crate::config::{ConfigErrors, LimitBackend, Rate, RouteScopes, Settings};
+use crate::method::ReadMethods;
 use crate::metrics::RouteMetrics;
 use crate::proxy::{Upstream, UpstreamError};
 use crate::ratelimit::{FailedAuthGuard, RedisLimiter};
@@ -35,6 +37,11 @@ pub struct Route {
     pub access: RouteAccess,
     pub strip_prefix: bool,
     pub max_body_bytes: Option<u64>,
+    /// The methods that count as reading here (`read_methods`).
+    pub read_methods: ReadMethods,
+    /// Headers never forwarded: `forwarding.remove_request_headers`, then
+    /// the route's own; `None` when there are none.
+    pub remove_headers: Option<Arc<[HeaderName]>>,
     pub upstream: Upstream,
     pub metrics: Arc<RouteMetrics>,
 }
@@ -107,6 +114,15 @@ impl Policy {
                 },
                 strip_prefix: r.strip_prefix,
                 max_body_bytes: r.max_body_bytes.or(settings.limits.max_body_bytes),
+                read_methods: r
+                    .read_methods
+                    .clone()
+                    .map_or_else(ReadMethods::default, ReadMethods::only),
+                remove_headers: {
+                    let mut names = settings.remove_request_headers.clone();
+                    names.extend(r.remove_request_headers.iter().cloned());
+                    (!names.is_empty()).then(|| names.into())
+                },
                 upstream,
                 metrics: retained.metrics.route(&r.prefix),
             };

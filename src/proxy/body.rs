@@ -11,9 +11,11 @@
 //! client as [`ClientBodyError`], so it is never mistaken for the upstream's.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use http::HeaderName;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
@@ -170,13 +172,16 @@ pub struct RequestBody {
     inner: Incoming,
     /// Bytes still allowed; `None` = unlimited.
     remaining: Option<u64>,
+    /// Header names removed from the body's trailers too.
+    removed: Option<Arc<[HeaderName]>>,
 }
 
 impl RequestBody {
-    pub fn new(inner: Incoming, limit: Option<u64>) -> Self {
+    pub fn new(inner: Incoming, limit: Option<u64>, removed: Option<Arc<[HeaderName]>>) -> Self {
         RequestBody {
             inner,
             remaining: limit,
+            removed,
         }
     }
 }
@@ -191,13 +196,18 @@ impl Body for RequestBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
+            Poll::Ready(Some(Ok(mut frame))) => {
                 if let (Some(remaining), Some(data)) = (&mut this.remaining, frame.data_ref()) {
                     let n = data.len() as u64;
                     if n > *remaining {
                         return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
                     }
                     *remaining -= n;
+                }
+                if let (Some(removed), Some(trailers)) = (&this.removed, frame.trailers_mut()) {
+                    for name in removed.iter() {
+                        trailers.remove(name);
+                    }
                 }
                 Poll::Ready(Some(Ok(frame)))
             }

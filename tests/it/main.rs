@@ -2,6 +2,7 @@
 //! recording upstream, asserting both the answer and what the upstream
 //! received.
 
+mod access_rules;
 mod adversarial;
 mod cli;
 mod client_faults;

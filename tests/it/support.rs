@@ -28,6 +28,8 @@ pub struct Seen {
     pub target: String,
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// The request body's trailers, if any arrived.
+    pub trailers: Option<HeaderMap>,
 }
 
 impl Seen {
@@ -88,7 +90,9 @@ impl Upstream {
 
     async fn answer(&self, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, hyper::Error> {
         let (parts, body) = req.into_parts();
-        let body = body.collect().await?.to_bytes();
+        let collected = body.collect().await?;
+        let trailers = collected.trailers().cloned();
+        let body = collected.to_bytes();
         let seen = Seen {
             method: parts.method.to_string(),
             target: parts
@@ -98,6 +102,7 @@ impl Upstream {
                 .unwrap_or_default(),
             headers: parts.headers,
             body,
+            trailers,
         };
         self.seen.lock().unwrap().push(seen);
         let delay = self.behaviour.lock().unwrap().delay;
