@@ -56,6 +56,8 @@ pub struct Record {
     pub status: u16,
     /// The `error` code of a gateway-made answer; `None` for the upstream's.
     pub error: Option<&'static str>,
+    /// The upstream's own `X-Request-Id`, if it answered with one.
+    pub upstream_request_id: Option<HeaderValue>,
     pub duration: Duration,
     pub bytes_out: u64,
 }
@@ -164,6 +166,7 @@ struct Line<'a> {
     token_id: Option<&'a str>,
     status: u16,
     error: Option<&'a str>,
+    upstream_request_id: Option<&'a str>,
     duration_ms: f64,
     bytes_out: u64,
 }
@@ -187,6 +190,7 @@ fn format_line(r: &Record, json: bool) -> Vec<u8> {
         token_id: r.token_id.as_ref().and_then(|v| v.to_str().ok()),
         status: r.status,
         error: r.error,
+        upstream_request_id: r.upstream_request_id.as_ref().and_then(|v| v.to_str().ok()),
         duration_ms: (r.duration.as_secs_f64() * 1e6).round() / 1e3,
         bytes_out: r.bytes_out,
     };
@@ -196,7 +200,7 @@ fn format_line(r: &Record, json: bool) -> Vec<u8> {
     } else {
         write!(
             out,
-            "{} request_id={} client_ip={} method={} path={:?} route={} token_id={} status={} error={} duration_ms={} bytes_out={}",
+            "{} request_id={} client_ip={} method={} path={:?} route={} token_id={} status={} error={} upstream_request_id={} duration_ms={} bytes_out={}",
             line.ts,
             line.request_id,
             line.client_ip,
@@ -206,6 +210,7 @@ fn format_line(r: &Record, json: bool) -> Vec<u8> {
             line.token_id.unwrap_or("-"),
             line.status,
             line.error.unwrap_or("-"),
+            line.upstream_request_id.unwrap_or("-"),
             line.duration_ms,
             line.bytes_out
         )
@@ -255,6 +260,7 @@ mod tests {
             token_id: None,
             status: 200,
             error: None,
+            upstream_request_id: None,
             duration: Duration::from_micros(1500),
             bytes_out: 12,
         }

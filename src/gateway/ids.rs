@@ -1,62 +1,46 @@
-//! Request ids for requests that bring none of their own.
+//! Request ids for requests that bring none of their own: UUIDs, version 4,
+//! lowercase and hyphenated (`xxxxxxxx-xxxx-4xxx-yxxx-xxxxxxxxxxxx`), as
+//! applications that key their records by request id expect.
 //!
-//! Invariant: ids are unique within the process without a system call or
-//! a lock per request.
-
-use std::sync::atomic::{AtomicU64, Ordering};
+//! Invariant: no system call and no lock per id: the 122 random bits come
+//! from the thread's user-space generator (seeded from the OS once), and the
+//! text is formatted by hand on the stack; the one allocation is the header
+//! value's own.
 
 use http::HeaderValue;
 
-/// Request ids for requests that bring none: a random per-process prefix
-/// and a counter, `{prefix:016x}-{counter:012x}`, unique without a system
-/// call per request. Formatting is done by hand into a stack buffer: the
-/// one allocation is the header value's own.
-pub struct RequestIds {
-    /// The prefix in hex and the `-`.
-    prefix: [u8; 17],
-    next: AtomicU64,
-}
-
-impl Default for RequestIds {
-    fn default() -> Self {
-        Self::new()
-    }
-}
+/// Generates request ids.
+#[derive(Debug, Default)]
+pub struct RequestIds;
 
 impl RequestIds {
-    /// A generator with a fresh random prefix.
     pub fn new() -> Self {
-        let mut prefix = [b'-'; 17];
-        write_hex(&mut prefix[..16], rand::random());
-        RequestIds {
-            prefix,
-            next: AtomicU64::new(0),
-        }
+        RequestIds
     }
 
-    /// The next id.
+    /// A new version-4 UUID as a header value.
     pub fn next(&self) -> HeaderValue {
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
-        let mut id = [0u8; 29];
-        id[..17].copy_from_slice(&self.prefix);
-        if n >> 48 != 0 {
-            // Past 12 hex digits (2^48 requests) the counter grows wider.
-            let mut long = id[..17].to_vec();
-            long.extend_from_slice(format!("{n:x}").as_bytes());
-            return HeaderValue::from_bytes(&long).expect("hex is a valid header value");
-        }
-        write_hex(&mut id[17..], n);
-        HeaderValue::from_bytes(&id).expect("hex is a valid header value")
+        uuid_v4(rand::random())
     }
 }
 
-/// Writes the low `out.len()` hex digits of `n`, zero-padded, into `out`.
-fn write_hex(out: &mut [u8], mut n: u64) {
+/// The UUID of version 4 and the RFC 9562 variant made from `random`.
+fn uuid_v4(random: u128) -> HeaderValue {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for b in out.iter_mut().rev() {
-        *b = DIGITS[(n & 0xf) as usize];
-        n >>= 4;
+    let mut bits = random;
+    // Version 4 in bits 48–51 (from the top), variant `10` in bits 64–65.
+    bits = (bits & !(0xf << 76)) | (0x4 << 76);
+    bits = (bits & !(0x3 << 62)) | (0x2 << 62);
+    let mut out = [b'-'; 36];
+    let mut nibble = 0;
+    for (i, b) in out.iter_mut().enumerate() {
+        if matches!(i, 8 | 13 | 18 | 23) {
+            continue;
+        }
+        *b = DIGITS[((bits >> (124 - 4 * nibble)) & 0xf) as usize];
+        nibble += 1;
     }
+    HeaderValue::from_bytes(&out).expect("hex and '-' are a valid header value")
 }
 
 #[cfg(test)]
@@ -64,15 +48,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn generated_request_ids_are_the_prefix_a_dash_and_a_12_digit_counter() {
+    fn generated_request_ids_are_lowercase_hyphenated_version_4_uuids() {
         let ids = RequestIds::new();
-        let prefix = std::str::from_utf8(&ids.prefix[..16]).unwrap().to_string();
-        assert_eq!(ids.next(), format!("{prefix}-000000000000").as_str());
-        assert_eq!(ids.next(), format!("{prefix}-000000000001").as_str());
-        ids.next.store(0xabc_def0_1234, Ordering::Relaxed);
-        assert_eq!(ids.next(), format!("{prefix}-0abcdef01234").as_str());
-        ids.next.store(1 << 48, Ordering::Relaxed);
-        assert_eq!(ids.next(), format!("{prefix}-1000000000000").as_str());
-        assert!(prefix.bytes().all(|b| b.is_ascii_hexdigit()));
+        let a = ids.next();
+        let parsed = uuid::Uuid::parse_str(a.to_str().unwrap()).unwrap();
+        assert_eq!(parsed.get_version_num(), 4);
+        assert_eq!(parsed.get_variant(), uuid::Variant::RFC4122);
+        assert_eq!(parsed.hyphenated().to_string(), a.to_str().unwrap());
+        assert_ne!(ids.next(), a);
+    }
+
+    #[test]
+    fn the_bits_are_placed_as_the_uuid_layout_says() {
+        assert_eq!(uuid_v4(0), "00000000-0000-4000-8000-000000000000");
+        assert_eq!(uuid_v4(u128::MAX), "ffffffff-ffff-4fff-bfff-ffffffffffff");
+        assert_eq!(
+            uuid_v4(0x0123_4567_89ab_cdef_0123_4567_89ab_cdef),
+            "01234567-89ab-4def-8123-456789abcdef"
+        );
     }
 }

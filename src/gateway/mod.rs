@@ -89,9 +89,13 @@ pub struct Gateway {
 pub struct Exchange<'p> {
     pub started: Instant,
     pub ts: SystemTime,
-    /// The client's valid `X-Request-Id`, else a new one; sent upstream and
-    /// answered.
+    /// The client's valid `X-Request-Id`, else a new one; sent upstream.
     pub request_id: HeaderValue,
+    /// `request_id` is the client's own (it is always the one answered).
+    pub client_request_id: bool,
+    /// The upstream's own valid `X-Request-Id`, answered to a client that
+    /// sent none.
+    pub upstream_request_id: Option<HeaderValue>,
     pub client: ClientAddr,
     /// The matched route, also when the request was refused after step 4.
     pub route: Option<&'p Route>,
@@ -119,6 +123,8 @@ impl<'p> Exchange<'p> {
             started: Instant::now(),
             ts: SystemTime::now(),
             request_id,
+            client_request_id: false,
+            upstream_request_id: None,
             client,
             route: None,
             token: None,
@@ -185,10 +191,12 @@ impl Gateway {
     ) -> Response<Body<G>> {
         let snap = self.current.load_full();
         let policy = &*snap.policy;
-        let request_id =
-            headers::request_id(req.headers()).unwrap_or_else(|| self.request_ids.next());
+        let client_id = headers::request_id(req.headers());
+        let client_request_id = client_id.is_some();
+        let request_id = client_id.unwrap_or_else(|| self.request_ids.next());
         let client = clientip::client(conn.peer.ip(), req.headers(), &policy.trusted_proxies);
         let mut ex = Exchange::new(request_id, client);
+        ex.client_request_id = client_request_id;
         let mut log = policy.log_access.then(|| {
             LogOnce::new(
                 self.access_log.clone(),
@@ -202,6 +210,7 @@ impl Gateway {
                     token_id: None,
                     status: 0,
                     error: None,
+                    upstream_request_id: None,
                     duration: Default::default(),
                     bytes_out: 0,
                 },
@@ -233,7 +242,7 @@ impl Gateway {
                     .upstream_duration
                     .observe(sent.elapsed().as_secs_f64());
                 match forwarded {
-                    Ok(forwarded) => respond::upstream_response(forwarded),
+                    Ok(forwarded) => respond::upstream_response(forwarded, &mut ex),
                     Err(reject) => (
                         respond::refusal(metrics, &policy.challenges, &mut ex, reject),
                         None,

@@ -26,11 +26,14 @@ use crate::reject::{Challenges, Reject};
 pub type Body<G> = ResponseBody<Finish<G>>;
 
 /// The upstream's answer with its hop-by-hop headers removed, and the
-/// pooled connection its body arrives on.
+/// pooled connection its body arrives on. Notes the upstream's own request
+/// id.
 pub fn upstream_response<G: Send + Unpin + 'static>(
     forwarded: Forwarded,
+    ex: &mut Exchange<'_>,
 ) -> (Response<Body<G>>, Option<Lease>) {
     let Forwarded { mut head, body } = forwarded;
+    ex.upstream_request_id = headers::request_id(&head.headers);
     match body {
         Upstreamed::Tunnel => {
             headers::clean_response(&mut head.headers, true);
@@ -61,7 +64,9 @@ pub fn refusal<G: Send + Unpin + 'static>(
     reject.into_response(challenges)
 }
 
-/// The headers every answer gets: the token's quota, and `X-Request-Id`.
+/// The headers every answer gets: the token's quota, and `X-Request-Id` —
+/// the client's own if it sent one, else the upstream's if it answered
+/// with one, else the gateway's.
 pub fn filter<B>(resp: &mut Response<B>, ex: &Exchange<'_>) {
     let h = resp.headers_mut();
     if let Some(quota) = &ex.quota {
@@ -73,7 +78,10 @@ pub fn filter<B>(resp: &mut Response<B>, ex: &Exchange<'_>) {
             h.insert(k, v);
         }
     }
-    h.insert(X_REQUEST_ID, ex.request_id.clone());
+    match &ex.upstream_request_id {
+        Some(upstream) if !ex.client_request_id => h.insert(X_REQUEST_ID, upstream.clone()),
+        _ => h.insert(X_REQUEST_ID, ex.request_id.clone()),
+    };
 }
 
 /// A request's access-log record, written exactly once: when its response
@@ -98,6 +106,7 @@ impl LogOnce {
             r.token_id = ex.token.map(|e| e.id.clone());
             r.status = status;
             r.error = ex.error;
+            r.upstream_request_id = ex.upstream_request_id.clone();
             r.duration = ex.started.elapsed();
         }
     }

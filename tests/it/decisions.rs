@@ -301,6 +301,35 @@ async fn request_ids_are_kept_when_valid_and_replaced_otherwise() {
 }
 
 #[tokio::test]
+async fn a_client_without_an_id_gets_the_upstreams_and_the_log_keeps_both() {
+    let (up, gw) = standard().await;
+    up.behaviour.lock().unwrap().request_id = Some("nb-change-7".into());
+    let r = get(gw.addr(), "/api/v1/x", &[&bearer(AGENT)]).await;
+    assert_eq!(r.header("x-request-id"), Some("nb-change-7"));
+    let sent = up.only().header("x-request-id").unwrap().to_string();
+    let uuid = uuid::Uuid::parse_str(&sent).expect("a generated id is a UUID");
+    assert_eq!(uuid.get_version_num(), 4);
+    assert_eq!(uuid.hyphenated().to_string(), sent, "lowercase, hyphenated");
+    // A client's own valid id is always the one it gets back.
+    let r = get(
+        gw.addr(),
+        "/api/v1/x",
+        &[&bearer(AGENT), "X-Request-Id: mine-1"],
+    )
+    .await;
+    assert_eq!(r.header("x-request-id"), Some("mine-1"));
+    let lines = gw.access.lines(2).await;
+    assert_eq!(lines[0]["request_id"], sent.as_str());
+    assert_eq!(lines[0]["upstream_request_id"], "nb-change-7");
+    assert_eq!(lines[1]["request_id"], "mine-1");
+    assert_eq!(lines[1]["upstream_request_id"], "nb-change-7");
+    // A refusal has no upstream id.
+    get(gw.addr(), "/api/v1/x", &[]).await;
+    let lines = gw.access.lines(3).await;
+    assert!(lines[2]["upstream_request_id"].is_null());
+}
+
+#[tokio::test]
 async fn the_access_log_has_one_line_per_request_and_no_secret() {
     let (_up, gw) = standard().await;
     get(gw.addr(), "/api/v1/info?token=zzz", &[&bearer(AGENT)]).await;

@@ -43,6 +43,8 @@ impl Seen {
 pub struct Behaviour {
     /// Wait this long before answering.
     pub delay: Option<Duration>,
+    /// Answer with this `X-Request-Id` of the upstream's own.
+    pub request_id: Option<String>,
 }
 
 /// An upstream on 127.0.0.1:0 that records every request.
@@ -105,7 +107,10 @@ impl Upstream {
             trailers,
         };
         self.seen.lock().unwrap().push(seen);
-        let delay = self.behaviour.lock().unwrap().delay;
+        let (delay, request_id) = {
+            let b = self.behaviour.lock().unwrap();
+            (b.delay, b.request_id.clone())
+        };
         if let Some(d) = delay {
             tokio::time::sleep(d).await;
         }
@@ -116,6 +121,10 @@ impl Upstream {
             .insert("connection", "keep-alive, x-hop".parse().unwrap());
         resp.headers_mut()
             .insert("x-hop", "secret-hop".parse().unwrap());
+        if let Some(id) = request_id {
+            resp.headers_mut()
+                .insert("x-request-id", id.parse().unwrap());
+        }
         Ok(resp)
     }
 
