@@ -33,8 +33,13 @@ pub enum Reject {
     /// The client went away before its answer (logged as 499, never
     /// answered: there is no one to answer).
     ClientClosed,
-    /// Token or failed-auth limit; whole seconds to wait, at least 1.
+    /// The token's own limit; whole seconds to wait, at least 1.
     RateLimited {
+        retry_after: u64,
+    },
+    /// The client address is locked out by the failed-auth guard (code
+    /// `rate_limited`, a message of its own).
+    LockedOut {
         retry_after: u64,
     },
     // The gateway is not serving (503).
@@ -124,6 +129,11 @@ impl Reject {
             ),
             UriTooLong => &answer!(414, "uri_too_long", "The request target is too long."),
             RateLimited { .. } => &answer!(429, "rate_limited", "Too many requests; retry later."),
+            LockedOut { .. } => &answer!(
+                429,
+                "rate_limited",
+                "Too many failed credentials from this client address; it is locked out for now."
+            ),
             NotReady | Draining => &answer!(
                 503,
                 "not_ready",
@@ -164,7 +174,7 @@ impl Reject {
             Reject::InsufficientScope(challenge) => {
                 h.insert(WWW_AUTHENTICATE, challenge);
             }
-            Reject::RateLimited { retry_after } => {
+            Reject::RateLimited { retry_after } | Reject::LockedOut { retry_after } => {
                 h.insert(RETRY_AFTER, HeaderValue::from(retry_after.max(1)));
             }
             Reject::Draining => {
@@ -250,6 +260,7 @@ mod tests {
             BadRequest,
             ClientClosed,
             RateLimited { retry_after: 1 },
+            LockedOut { retry_after: 1 },
             NotReady,
             Draining,
             BadGateway,

@@ -16,7 +16,7 @@ use super::Exchange;
 use crate::config::RouteScopes;
 use crate::metrics::Limit;
 use crate::policy::{Policy, Retained, Route};
-use crate::ratelimit::{Allowed, Limited};
+use crate::ratelimit::{Allowed, IpKey, Limited};
 use crate::reject::Reject;
 use crate::tokens::{TokenEntry, TokenIndex, TokenUsage};
 use crate::{auth, method, target};
@@ -130,14 +130,22 @@ impl<'p> Admission<'p> {
         if !self.listening {
             return Err(Reject::NotReady);
         }
-        // 3. Addresses that keep presenting bad credentials.
+        let unix_now = ex
+            .ts
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let address = IpKey::from(ex.client.ip).fingerprint();
+        // 3. Addresses that keep presenting bad credentials, unless the
+        // request's token authenticated from this address before.
         if let Some(retry_after) = policy.failed_auth.blocked(ex.client.ip) {
-            self.retained.metrics.rate_limited(Limit::FailedAuth);
-            trace.note(
-                "client",
-                format_args!("locked out after failed credentials"),
-            );
-            return Err(Reject::RateLimited { retry_after });
+            if !self.proven(head, tokens, unix_now, address) {
+                self.retained.metrics.rate_limited(Limit::FailedAuth);
+                trace.note(
+                    "client",
+                    format_args!("locked out after failed credentials"),
+                );
+                return Err(Reject::LockedOut { retry_after });
+            }
         }
         // 4. Route.
         let Some(route) = policy.routes.lookup(&target.path) else {
@@ -182,10 +190,6 @@ impl<'p> Admission<'p> {
         }
         trace.note("writes", format_args!("{}", ex.writes));
         // 5. Credentials.
-        let unix_now = ex
-            .ts
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
         let entry = match who {
             Who::Headers => match policy
                 .credentials
@@ -216,10 +220,9 @@ impl<'p> Admission<'p> {
             return Err(Reject::MissingToken);
         };
         ex.token = Some(entry);
-        entry
-            .usage
-            .get_or_init(|| self.usage.cell(entry.id_str()))
-            .touch(unix_now);
+        let usage = entry.usage.get_or_init(|| self.usage.cell(entry.id_str()));
+        usage.touch(unix_now);
+        usage.prove(address);
         // 6. Address, scope, read-only.
         auth::authorize(
             &route.access,
@@ -259,6 +262,18 @@ impl<'p> Admission<'p> {
             }
         }
         self.finish(route, &target, ex)
+    }
+
+    /// Whether the request's credential is a live token that authenticated
+    /// from this address before (contract §7.6: it keeps working there
+    /// during a lockout; any other request, valid or not, is refused alike).
+    fn proven(&self, head: Head<'_>, tokens: &TokenIndex, unix_now: i64, address: u64) -> bool {
+        let Ok(Some(credential)) = self.policy.credentials.extract(head.headers) else {
+            return false;
+        };
+        auth::lookup(tokens, &credential.token, unix_now)
+            .and_then(|e| e.usage.get())
+            .is_some_and(|usage| usage.proven_from(address))
     }
 
     /// The upstream target of an admitted request.

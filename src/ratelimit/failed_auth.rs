@@ -69,6 +69,17 @@ impl From<IpAddr> for IpKey {
     }
 }
 
+impl IpKey {
+    /// A non-zero number standing for the key (IPv4 addresses above 2^32,
+    /// IPv6 prefixes as they are, the all-zero prefix as 1).
+    pub fn fingerprint(self) -> u64 {
+        match self {
+            IpKey::V4(a) => (1 << 32) | u64::from(a),
+            IpKey::V6Prefix(p) => p.max(1),
+        }
+    }
+}
+
 impl fmt::Display for IpKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {

@@ -9,7 +9,7 @@
 //! locks, allocates or waits on the source for this, and a use that could
 //! not be written is kept for the next flush rather than lost.
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,13 +22,22 @@ use super::{Source, SourceError};
 /// most once a minute per token (per gateway).
 pub const FLUSH_INTERVAL: Duration = Duration::from_secs(60);
 
-/// The last use of one token.
+/// How many client addresses a token remembers having authenticated from.
+pub const PROVEN_ADDRESSES: usize = 4;
+
+/// The last use of one token, and the addresses it was last used from.
 #[derive(Debug, Default)]
 pub struct UsageCell {
     /// Unix second of the latest use (0: none since the gateway started).
     used: AtomicI64,
     /// The `used` value last written to the source.
     flushed: AtomicI64,
+    /// Fingerprints of the last client addresses (non-zero; 0 is empty)
+    /// the token authenticated from: the failed-auth guard lets it through
+    /// from them during a lockout.
+    proven: [AtomicU64; PROVEN_ADDRESSES],
+    /// The slot the next new address takes.
+    next_proven: AtomicUsize,
 }
 
 impl UsageCell {
@@ -40,6 +49,28 @@ impl UsageCell {
         if self.used.load(Ordering::Relaxed) < now {
             self.used.store(now, Ordering::Relaxed);
         }
+    }
+
+    /// Notes that the token authenticated from the address with fingerprint
+    /// `addr` (non-zero). A few relaxed loads; a store only for an address
+    /// not yet among the last [`PROVEN_ADDRESSES`].
+    #[inline]
+    pub fn prove(&self, addr: u64) {
+        if self.proven_from(addr) {
+            return;
+        }
+        let slot = self.next_proven.fetch_add(1, Ordering::Relaxed) % PROVEN_ADDRESSES;
+        self.proven[slot].store(addr, Ordering::Relaxed);
+    }
+
+    /// Whether the token authenticated from the address `addr` lately.
+    #[inline]
+    pub fn proven_from(&self, addr: u64) -> bool {
+        addr != 0
+            && self
+                .proven
+                .iter()
+                .any(|p| p.load(Ordering::Relaxed) == addr)
     }
 
     /// The latest use, if any since the gateway started.

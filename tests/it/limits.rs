@@ -69,6 +69,56 @@ async fn unauthenticated_requests_never_spend_a_token_quota() {
 }
 
 #[tokio::test]
+async fn a_token_proven_from_an_address_keeps_working_there_during_a_lockout() {
+    let up = Upstream::start().await;
+    let config = gateway_yaml(up.addr, "").replace(
+        "timeouts:",
+        "client_ip:\n  trusted_proxies: [127.0.0.1]\nlimits:\n  failed_auth_per_ip: { requests: 3, per: 1m, burst: 3 }\ntimeouts:",
+    );
+    let gw = Gw::start(&config, &tokens_yaml()).await;
+    let host = "X-Forwarded-For: 203.0.113.7";
+    // A script on the host works with its token, then another one retries
+    // a revoked token until the address is locked out.
+    let r = get(gw.addr(), "/api/v1/x", &[&bearer(AGENT), host]).await;
+    assert_eq!(r.status, 200);
+    for _ in 0..3 {
+        let r = get(gw.addr(), "/api/v1/x", &[&bearer(REVOKED), host]).await;
+        assert_refusal(&r, 401, "invalid_token");
+    }
+    // The proven token keeps working from that address...
+    let r = get(gw.addr(), "/api/v1/x", &[&bearer(AGENT), host]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(up.seen().len(), 2);
+    // ...but a valid token first presented there now is refused exactly
+    // like a wrong one, and the message says the address is locked out.
+    let valid = get(gw.addr(), "/api/v1/x", &[&bearer(ADMIN), host]).await;
+    let wrong = get(gw.addr(), "/api/v1/x", &[&bearer("guess"), host]).await;
+    let anonymous = get(gw.addr(), "/api/v1/x", &[host]).await;
+    for r in [&valid, &wrong, &anonymous] {
+        assert_refusal(r, 429, "rate_limited");
+        assert_eq!(r.body, valid.body);
+        assert!(r.json()["message"].as_str().unwrap().contains("locked out"));
+    }
+    // The proven token is proven from that address only.
+    let other = "X-Forwarded-For: 203.0.113.8";
+    for _ in 0..3 {
+        get(gw.addr(), "/api/v1/x", &[&bearer(REVOKED), other]).await;
+    }
+    let r = get(gw.addr(), "/api/v1/x", &[&bearer(AGENT), other]).await;
+    assert_refusal(&r, 429, "rate_limited");
+    // The guard's refusals are counted apart from token limits.
+    let metrics = String::from_utf8(get(gw.admin(), "/metrics", &[]).await.body).unwrap();
+    assert!(
+        metrics.contains("tollgate_rate_limited_total{reason=\"failed_auth\"} 4"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tollgate_rate_limited_total{reason=\"token\"} 0"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
 async fn a_bad_token_spray_from_one_address_gets_429_while_others_pass() {
     let up = Upstream::start().await;
     let config = gateway_yaml(up.addr, "").replace(
