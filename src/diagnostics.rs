@@ -4,6 +4,9 @@
 //! Invariant: protocol crates never log below `info` unless the level names
 //! them, so raw header blocks and key exchanges stay out of a debug log.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
 use tracing_subscriber::{reload, EnvFilter, Registry};
 
 use crate::config::{LogFormat, Settings};
@@ -85,9 +88,59 @@ pub fn log_filter(level: &str) -> String {
     filter
 }
 
+/// A log line that may be written at most once a second, however often
+/// its event happens (a dead upstream under load must not write a line per
+/// request); the lines held back are counted into the next one.
+#[derive(Debug, Default)]
+pub struct OncePerSecond {
+    /// The unix second of the last line written.
+    last: AtomicU64,
+    held_back: AtomicU64,
+}
+
+impl OncePerSecond {
+    pub const fn new() -> Self {
+        OncePerSecond {
+            last: AtomicU64::new(0),
+            held_back: AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(lines held back since the last one)` when a line may be
+    /// written now, else `None` (and this one is counted as held back).
+    pub fn allow(&self) -> Option<u64> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let last = self.last.load(Ordering::Relaxed);
+        if last != now
+            && self
+                .last
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            return Some(self.held_back.swap(0, Ordering::Relaxed));
+        }
+        self.held_back.fetch_add(1, Ordering::Relaxed);
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::log_filter;
+    use super::{log_filter, OncePerSecond};
+
+    #[test]
+    fn a_burst_writes_one_line_and_counts_the_rest_into_the_next() {
+        let gate = OncePerSecond::new();
+        assert_eq!(gate.allow(), Some(0));
+        for _ in 0..5 {
+            assert_eq!(gate.allow(), None);
+        }
+        // The next second's line carries the count.
+        gate.last.store(1, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(gate.allow(), Some(5));
+    }
 
     #[test]
     fn a_verbose_default_level_caps_protocol_crates_at_info() {

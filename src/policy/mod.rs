@@ -83,6 +83,7 @@ impl Policy {
         let mut entries = Vec::with_capacity(settings.routes.len());
         for (index, r) in settings.routes.iter().enumerate() {
             let upstream = Upstream::new(
+                r.prefix.as_str().into(),
                 &r.upstream,
                 settings.timeouts.upstream_connect,
                 r.upstream_response_timeout

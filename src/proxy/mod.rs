@@ -86,6 +86,8 @@ pub struct Upstream {
     number: usize,
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
+    /// The route this upstream serves, for log lines.
+    pub route: Arc<str>,
     /// The pooled client for `https` and WebSocket upgrades (shared across
     /// routes and reloads where the settings match).
     client: Client,
@@ -95,6 +97,7 @@ impl Upstream {
     /// The upstream at `url`, with `ca` trusted besides the web PKI roots.
     /// Errors name what is wrong, for the config key they came from.
     pub fn new(
+        route: Arc<str>,
         url: &Uri,
         connect_timeout: Duration,
         response_timeout: Duration,
@@ -121,6 +124,7 @@ impl Upstream {
             host,
             connect_timeout,
             response_timeout,
+            route,
             client,
         })
     }
@@ -265,8 +269,17 @@ pub async fn forward(
         }
     };
     let (mut resp, lease) = match tokio::time::timeout(upstream.response_timeout, sent).await {
-        Err(_) => return Err(Reject::GatewayTimeout),
-        Ok(Err(e)) => return Err(classify(&*e)),
+        Err(_) => {
+            warn_upstream(upstream, &"no response head within the timeout");
+            return Err(Reject::GatewayTimeout);
+        }
+        Ok(Err(e)) => {
+            let reject = classify(&*e);
+            if reject == Reject::BadGateway {
+                warn_upstream(upstream, &Chain(&*e));
+            }
+            return Err(reject);
+        }
         Ok(Ok(sent)) => sent,
     };
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
@@ -316,8 +329,39 @@ fn classify(e: &(dyn std::error::Error + Send + Sync + 'static)) -> Reject {
         }
         source = err.source();
     }
-    tracing::debug!(error = %e, "upstream request failed");
     Reject::BadGateway
+}
+
+/// An error and its sources, `: `-separated (hyper's top-level errors say
+/// only "client error (Connect)"; the cause is below).
+struct Chain<'e>(&'e (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(e) = source {
+            write!(f, ": {e}")?;
+            source = e.source();
+        }
+        Ok(())
+    }
+}
+
+/// Upstream failures are logged at `warn`, at most once a second: the
+/// upstream and the cause (its source chain; hyper's errors name no request
+/// data), with how many were held back since the last line.
+fn warn_upstream(upstream: &Upstream, cause: &dyn std::fmt::Display) {
+    static GATE: crate::diagnostics::OncePerSecond = crate::diagnostics::OncePerSecond::new();
+    if let Some(held_back) = GATE.allow() {
+        tracing::warn!(
+            route = %upstream.route,
+            upstream = %upstream.authority,
+            cause = %cause,
+            held_back,
+            "upstream request failed"
+        );
+    }
 }
 
 #[cfg(test)]

@@ -368,3 +368,51 @@ async fn sighup_applies_a_new_log_level() {
     }
     assert_eq!(served.log_count("configuration reloaded"), 1);
 }
+
+#[tokio::test]
+async fn a_dead_upstream_is_logged_at_warn_with_route_upstream_and_cause_once_a_second() {
+    // An address where nothing listens: bind, note the port, close.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let up = Upstream::start().await;
+    let (dir, _config, yaml) = config_files(&up);
+    let yaml = yaml.replace(
+        "routes:\n",
+        &format!("routes:\n  - prefix: /gone\n    upstream: http://{dead}\n    scopes: [\"*\"]\n"),
+    );
+    let config = dir.path().join("dead.yaml");
+    std::fs::write(&config, &yaml).unwrap();
+    let served = serve_process(&config);
+    wait_status(served.addr, AGENT, 200).await;
+    for _ in 0..5 {
+        let r = get(served.addr, "/gone/x", &[&bearer(AGENT)]).await;
+        assert_refusal(&r, 502, "bad_gateway");
+    }
+    let mut lines = Vec::new();
+    for _ in 0..100 {
+        lines = served
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains("upstream request failed"))
+            .cloned()
+            .collect();
+        if !lines.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The five failures of one burst: one line (more only if the burst
+    // crossed a second boundary), at warn, naming route, upstream, cause.
+    assert!((1..=2).contains(&lines.len()), "{lines:?}");
+    let line: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+    assert_eq!(line["level"], "WARN", "{line}");
+    assert_eq!(line["fields"]["route"], "/gone", "{line}");
+    assert_eq!(line["fields"]["upstream"], dead.to_string(), "{line}");
+    let cause = line["fields"]["cause"].as_str().unwrap();
+    assert!(cause.contains("onnect"), "{cause}");
+    assert!(!lines.iter().any(|l| l.contains(AGENT)));
+}
