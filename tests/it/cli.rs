@@ -222,3 +222,71 @@ fn explain_says_why_a_read_only_token_may_not_write() {
         "{text}"
     );
 }
+
+#[test]
+fn bash_completions_name_every_subcommand() {
+    let out = tollgate(&["completions", "bash"], None);
+    assert_eq!(out.status.code(), Some(0));
+    let script = String::from_utf8(out.stdout).unwrap();
+    for name in [
+        "serve",
+        "check",
+        "explain",
+        "token",
+        "demo",
+        "completions",
+        "man",
+    ] {
+        assert!(script.contains(name), "{name} missing from:\n{script}");
+    }
+    assert!(script.contains("complete -F"), "{script}");
+}
+
+#[test]
+fn an_unknown_shell_is_a_usage_error() {
+    let out = tollgate(&["completions", "tcsh"], None);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn man_prints_a_roff_page_of_the_command_line() {
+    let out = tollgate(&["man"], None);
+    assert_eq!(out.status.code(), Some(0));
+    let page = String::from_utf8(out.stdout).unwrap();
+    // clap_mangen opens with the `\*(Aq` string definition (`.ie`/`.el`),
+    // then the title line.
+    let first = page
+        .lines()
+        .find(|l| !l.starts_with(".ie ") && !l.starts_with(".el "))
+        .unwrap_or_default();
+    assert!(
+        first.starts_with(".TH tollgate 1"),
+        "{}",
+        &page[..page.len().min(300)]
+    );
+    assert!(page.contains("explain"), "{page}");
+}
+
+#[test]
+fn version_names_the_commit_it_was_built_from() {
+    let out = tollgate(&["--version"], None);
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let expected = Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8(o.stdout).unwrap().trim().to_string());
+    assert!(
+        text.starts_with(concat!("tollgate ", env!("CARGO_PKG_VERSION"), " (commit ")),
+        "{text}"
+    );
+    match expected {
+        // cargo reruns build.rs when HEAD moves, so the binary under test
+        // was built from HEAD.
+        Some(head) => assert!(text.contains(&format!("(commit {head})")), "{text}"),
+        None => assert!(text.contains("unknown"), "{text}"),
+    }
+}
