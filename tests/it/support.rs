@@ -623,8 +623,9 @@ extern "C" fn report_skipped() {
         return;
     }
     let mut text = format!(
-        "\n{} tests SKIPPED (they returned early and are counted as passed):\n",
-        skipped.len()
+        "\n{} {} SKIPPED (returned early, counted as passed):\n",
+        skipped.len(),
+        if skipped.len() == 1 { "test" } else { "tests" }
     );
     let mut sorted = skipped;
     sorted.sort();
