@@ -91,7 +91,7 @@ pub fn main() -> i32 {
     // count): this one, which also runs the token loader, the admin listener
     // and signals, and `n - 1` more that the server starts, so a request
     // stays on the thread that accepted its connection. Measured against
-    // tokio's work-stealing runtime on one core (README, Performance): 52 vs
+    // tokio's work-stealing runtime on one core (docs/performance.md): 52 vs
     // 79 µs of CPU per proxied request.
     let workers = std::env::var("TOLLGATE_WORKERS")
         .ok()
