@@ -3,7 +3,7 @@
 # Tollgate: a release build in the official Rust image, run from
 # debian:bookworm-slim as an unprivileged user.
 #
-#   docker build -t tollgate .
+#   docker build -t tollgate --build-arg TOLLGATE_COMMIT="$(git rev-parse --short HEAD)" .
 #   docker run --rm -v "$PWD/config:/etc/tollgate:ro" -p 8080:8080 tollgate
 #
 # The config is mounted at /etc/tollgate/gateway.yaml (relative paths in it
@@ -13,6 +13,9 @@
 FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY . .
+# .git is not copied: `tollgate --version` shows this commit (else "unknown").
+ARG TOLLGATE_COMMIT=
+ENV TOLLGATE_COMMIT=${TOLLGATE_COMMIT}
 # Registry and target caches survive between builds (BuildKit).
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \

@@ -2,7 +2,7 @@
 -- first created (docker-entrypoint-initdb.d).
 --
 -- The table is the one `tollgate check` and `tollgate token ...` create
--- (SPEC §4); `tollgate check` in the `tollgate-check` service then adds the
+-- (docs/configuration.md); `tollgate check` in the `tollgate-check` service then adds the
 -- trigger that announces changes to running gateways.
 --
 -- DEMO ONLY: these secrets are public. Store the SHA-256 of a secret, never

@@ -1,4 +1,5 @@
-//! The command line (§1): `serve`, `check`, `explain`, `token …`, `demo`.
+//! The command line (§1): `serve`, `check`, `explain`, `token …`, `demo`,
+//! and `completions` / `man`, generated from the same definition.
 //!
 //! Parses arguments and calls the library; exit codes are 0 success,
 //! 1 runtime or validation error, 2 usage error. Errors go to stderr as one
@@ -11,13 +12,22 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::config::{self, Settings};
 use crate::tokens::{Source, TokenIndex};
 
+/// `--version`: the package version and the commit it was built from
+/// (`unknown` where the build had no git; see `build.rs`).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("TOLLGATE_COMMIT"),
+    ")"
+);
+
 #[derive(Debug, Parser)]
-#[command(name = "tollgate", version, about = "An authenticating reverse proxy")]
+#[command(name = "tollgate", version = VERSION, about = "An authenticating reverse proxy")]
 struct Cli {
     /// Config file.
     #[arg(short, long, global = true, env = "TOLLGATE_CONFIG", default_value = config::DEFAULT_PATH)]
@@ -57,6 +67,14 @@ enum Command {
     Token(token::TokenCommand),
     /// Run the gateway with a built-in echo upstream and print curl commands.
     Demo,
+    /// Print a shell completion script on stdout.
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) on stdout: `tollgate man | man -l -`.
+    Man,
 }
 
 /// Runs the command line; returns the process exit code.
@@ -72,7 +90,7 @@ pub fn main() -> i32 {
     // count): this one, which also runs the token loader, the admin listener
     // and signals, and `n - 1` more that the server starts, so a request
     // stays on the thread that accepted its connection. Measured against
-    // tokio's work-stealing runtime on one core (README, Performance): 52 vs
+    // tokio's work-stealing runtime on one core (docs/performance.md): 52 vs
     // 79 µs of CPU per proxied request.
     let workers = std::env::var("TOLLGATE_WORKERS")
         .ok()
@@ -122,6 +140,16 @@ async fn run(cli: Cli, extra_workers: usize) -> anyhow::Result<()> {
         Command::Token(token::TokenCommand::Hash) => token::hash_stdin(),
         Command::Token(cmd) => token::run(cmd, &load(&cli.config)?).await,
         Command::Demo => crate::demo::run(&cli.config, extra_workers).await,
+        Command::Completions { shell } => {
+            let mut out = std::io::stdout().lock();
+            clap_complete::generate(shell, &mut Cli::command(), "tollgate", &mut out);
+            Ok(())
+        }
+        Command::Man => {
+            let mut out = std::io::stdout().lock();
+            clap_mangen::Man::new(Cli::command()).render(&mut out)?;
+            Ok(())
+        }
     }
 }
 

@@ -5,6 +5,8 @@
 //! YAML line and the key path. Loading does no network I/O.
 
 mod compile;
+#[cfg(test)]
+mod doc_coverage;
 mod env;
 mod error;
 pub(crate) mod schema;

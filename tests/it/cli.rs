@@ -222,3 +222,174 @@ fn explain_says_why_a_read_only_token_may_not_write() {
         "{text}"
     );
 }
+
+#[test]
+fn bash_completions_name_every_subcommand() {
+    let out = tollgate(&["completions", "bash"], None);
+    assert_eq!(out.status.code(), Some(0));
+    let script = String::from_utf8(out.stdout).unwrap();
+    for name in [
+        "serve",
+        "check",
+        "explain",
+        "token",
+        "demo",
+        "completions",
+        "man",
+    ] {
+        assert!(script.contains(name), "{name} missing from:\n{script}");
+    }
+    assert!(script.contains("complete -F"), "{script}");
+}
+
+#[test]
+fn an_unknown_shell_is_a_usage_error() {
+    let out = tollgate(&["completions", "tcsh"], None);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn man_prints_a_roff_page_of_the_command_line() {
+    let out = tollgate(&["man"], None);
+    assert_eq!(out.status.code(), Some(0));
+    let page = String::from_utf8(out.stdout).unwrap();
+    // clap_mangen opens with the `\*(Aq` string definition (`.ie`/`.el`),
+    // then the title line.
+    let first = page
+        .lines()
+        .find(|l| !l.starts_with(".ie ") && !l.starts_with(".el "))
+        .unwrap_or_default();
+    assert!(
+        first.starts_with(".TH tollgate 1"),
+        "{}",
+        &page[..page.len().min(300)]
+    );
+    assert!(page.contains("explain"), "{page}");
+}
+
+#[test]
+fn version_names_the_commit_it_was_built_from() {
+    let out = tollgate(&["--version"], None);
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let expected = Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8(o.stdout).unwrap().trim().to_string());
+    assert!(
+        text.starts_with(concat!("tollgate ", env!("CARGO_PKG_VERSION"), " (commit ")),
+        "{text}"
+    );
+    match expected {
+        // cargo reruns build.rs when HEAD moves, so the binary under test
+        // was built from HEAD.
+        Some(head) => assert!(text.contains(&format!("(commit {head})")), "{text}"),
+        None => assert!(text.contains("unknown"), "{text}"),
+    }
+}
+
+/// `docs/configuration.md`, the reference these tests hold to the code.
+fn configuration_reference() -> String {
+    std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/configuration.md"
+    ))
+    .unwrap()
+}
+
+/// The keys `check` lists as allowed when a token file's first entry has
+/// an unknown key (`entry` is that entry's YAML after `- `).
+fn allowed_token_file_keys(entry: &str) -> Vec<String> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.yaml");
+    std::fs::write(&path, base()).unwrap();
+    std::fs::write(
+        dir.path().join("tokens.yaml"),
+        format!("tokens:\n  - {entry}\n"),
+    )
+    .unwrap();
+    let out = tollgate(&["check", "-c", path.to_str().unwrap()], None);
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let list = err
+        .split("allowed keys: ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no key list in: {err}"));
+    list.lines()
+        .next()
+        .unwrap()
+        .split(", ")
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn the_configuration_reference_names_every_key_of_the_token_file() {
+    let doc = configuration_reference();
+    let entry = "{ id: a, sha256: x, scopes: [a], zz_probe: 1 }";
+    let keys = allowed_token_file_keys(entry);
+    assert!(keys.contains(&"sha256".to_string()), "{keys:?}");
+    let missing: Vec<&String> = keys
+        .iter()
+        .filter(|k| !doc.contains(&format!("`tokens[].{k}`")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "token file keys not in docs/configuration.md: {missing:?}"
+    );
+    let rate =
+        "{ id: a, sha256: x, scopes: [a], rate_limit: { requests: 1, per: 1s, zz_probe: 1 } }";
+    let fields = allowed_token_file_keys(rate);
+    assert!(fields.contains(&"burst".to_string()), "{fields:?}");
+    let missing: Vec<&String> = fields
+        .iter()
+        .filter(|k| !doc.contains(&format!("`{k}`")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "rate fields not in docs/configuration.md: {missing:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_configuration_reference_names_every_column_of_the_token_table() {
+    use sqlx::Row;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gateway.yaml");
+    let yaml = base().replace(
+        "  source: file\n  path: tokens.yaml",
+        "  source: sqlite\n  path: tokens.db",
+    );
+    assert!(yaml.contains("source: sqlite"), "{yaml}");
+    std::fs::write(&config, yaml).unwrap();
+    // Any `tollgate token` command creates the table when it is missing.
+    let out = tollgate(&["token", "list", "-c", config.to_str().unwrap()], None);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let db = dir.path().join("tokens.db");
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    let rows = sqlx::query("PRAGMA table_info(tollgate_tokens)")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    let columns: Vec<String> = rows.iter().map(|r| r.get::<String, _>("name")).collect();
+    assert!(columns.contains(&"sha256".to_string()), "{columns:?}");
+    let doc = configuration_reference();
+    let missing: Vec<&String> = columns
+        .iter()
+        .filter(|c| !doc.contains(&format!("`{c}`")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "token table columns not in docs/configuration.md: {missing:?}"
+    );
+}

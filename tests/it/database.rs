@@ -3,8 +3,9 @@
 //! and recovery, a gateway started while the database is down, `last_used_at`,
 //! and the NetBox preset's custom query.
 //!
-//! PostgreSQL tests need `TOLLGATE_TEST_DATABASE_URL` (they print SKIPPED and
-//! pass without it); each works in a schema of its own, dropped at the end.
+//! PostgreSQL tests need `TOLLGATE_TEST_DATABASE_URL` (without it they return
+//! early and are listed as skipped when the test binary exits); each works
+//! in a schema of its own, dropped at the end.
 //! "The database is down" is a TCP forwarder in front of the shared server
 //! that the test stops and restarts, since the server itself is shared.
 
@@ -32,12 +33,9 @@ struct Pg {
 }
 
 impl Pg {
-    /// `None` (after a loud line) when no test database is configured.
+    /// `None` (a recorded skip) when no test database is configured.
     async fn new() -> Option<Pg> {
-        let Ok(base) = std::env::var("TOLLGATE_TEST_DATABASE_URL") else {
-            eprintln!("SKIPPED: TOLLGATE_TEST_DATABASE_URL not set; database tests did not run");
-            return None;
-        };
+        let base = test_servers(&["TOLLGATE_TEST_DATABASE_URL"])?.remove(0);
         let schema = format!("tg_it_{}", uuid::Uuid::new_v4().simple());
         let sep = if base.contains('?') { '&' } else { '?' };
         let url = format!("{base}{sep}options=-csearch_path%3D{schema}&application_name={schema}");

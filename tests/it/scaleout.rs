@@ -3,9 +3,9 @@
 //! `limits.backend: redis`).
 //!
 //! Needs TOLLGATE_TEST_DATABASE_URL and TOLLGATE_TEST_REDIS_URL; without
-//! them each test prints SKIPPED and returns. Each test works in its own
-//! PostgreSQL schema with its own token ids, so it runs beside anything
-//! else on those servers; the outage test stops and starts a
+//! them each test returns early, listed as skipped when the binary exits.
+//! Each test works in its own PostgreSQL schema with its own token ids, so
+//! it runs beside anything else on those servers; the outage test stops and starts a
 //! `redis-server` of its own, never the shared one.
 
 use std::net::SocketAddr;
@@ -26,18 +26,10 @@ struct Env {
 }
 
 fn env() -> Option<Env> {
-    match (
-        std::env::var("TOLLGATE_TEST_DATABASE_URL"),
-        std::env::var("TOLLGATE_TEST_REDIS_URL"),
-    ) {
-        (Ok(database), Ok(redis)) => Some(Env { database, redis }),
-        _ => {
-            eprintln!(
-                "SKIPPED: scale-out tests need TOLLGATE_TEST_DATABASE_URL and TOLLGATE_TEST_REDIS_URL"
-            );
-            None
-        }
-    }
+    let mut values = test_servers(&["TOLLGATE_TEST_DATABASE_URL", "TOLLGATE_TEST_REDIS_URL"])?;
+    let redis = values.pop()?;
+    let database = values.pop()?;
+    Some(Env { database, redis })
 }
 
 /// A PostgreSQL schema of the test's own, named in the URL the gateways

@@ -578,3 +578,77 @@ pub fn serve_process(config: &Path) -> Served {
         log,
     }
 }
+
+/// Tests that returned early because a server they need was not configured:
+/// (test name, the variables it needed).
+static SKIPPED: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
+
+/// The values of `vars` (e.g. `TOLLGATE_TEST_DATABASE_URL`), or `None` when
+/// one is unset and the calling test should return early.
+///
+/// A skip is not silent: it is recorded, and when the test binary exits the
+/// list of skipped tests and the variables they need go to stderr, after
+/// libtest's own summary and past its output capture. Under CI (`CI` set and
+/// not `false` or `0`) an unset variable fails the test instead, so a CI job
+/// whose servers went missing cannot pass by skipping.
+pub fn test_servers(vars: &[&str]) -> Option<Vec<String>> {
+    let values: Vec<Option<String>> = vars
+        .iter()
+        .map(|v| std::env::var(v).ok().filter(|s| !s.is_empty()))
+        .collect();
+    if values.iter().all(Option::is_some) {
+        return Some(values.into_iter().flatten().collect());
+    }
+    let missing: Vec<&str> = vars
+        .iter()
+        .zip(&values)
+        .filter(|(_, value)| value.is_none())
+        .map(|(var, _)| *var)
+        .collect();
+    let ci = std::env::var("CI").is_ok_and(|v| !matches!(v.as_str(), "" | "0" | "false"));
+    assert!(!ci, "CI is set but {} is not", missing.join(" and "));
+    let name = std::thread::current()
+        .name()
+        .unwrap_or("a test")
+        .to_string();
+    SKIPPED.lock().unwrap().push((name, missing.join(", ")));
+    static REPORT: std::sync::Once = std::sync::Once::new();
+    REPORT.call_once(|| {
+        extern "C" {
+            fn atexit(callback: extern "C" fn()) -> std::os::raw::c_int;
+        }
+        // SAFETY: `atexit` only stores the pointer; the callback is a plain
+        // function that touches nothing torn down before exit handlers run.
+        unsafe {
+            atexit(report_skipped);
+        }
+    });
+    None
+}
+
+/// The exit handler `test_servers` registers: the skipped tests on stderr.
+/// Written with `io::stderr()` directly, which libtest does not capture.
+extern "C" fn report_skipped() {
+    let skipped = match SKIPPED.lock() {
+        Ok(list) => list.clone(),
+        Err(poisoned) => poisoned.into_inner().clone(),
+    };
+    if skipped.is_empty() {
+        return;
+    }
+    let mut text = format!(
+        "\n{} {} SKIPPED (returned early, counted as passed):\n",
+        skipped.len(),
+        if skipped.len() == 1 { "test" } else { "tests" }
+    );
+    let mut sorted = skipped;
+    sorted.sort();
+    for (name, vars) in &sorted {
+        text.push_str(&format!("    {name}: needs {vars}\n"));
+    }
+    text.push_str(
+        "Set TOLLGATE_TEST_DATABASE_URL (PostgreSQL) and TOLLGATE_TEST_REDIS_URL (Redis) \
+         to run them, or run `bash .ci/run`.\n\n",
+    );
+    let _ = std::io::stderr().write_all(text.as_bytes());
+}
