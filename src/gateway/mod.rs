@@ -234,9 +234,11 @@ impl Gateway {
         let (mut resp, lease) = match admitted {
             Ok(route) => {
                 let upgrade = ex.websocket.then(|| hyper::upgrade::on(&mut req));
-                let upstream_req = prepare::upstream_request(policy, route, conn, &mut ex, req);
+                let (upstream_req, progress) =
+                    prepare::upstream_request(policy, route, conn, &mut ex, req);
                 let sent = Instant::now();
-                let forwarded = proxy::forward(&route.upstream, upstream_req, upgrade).await;
+                let forwarded =
+                    proxy::forward(&route.upstream, upstream_req, upgrade, progress).await;
                 route
                     .metrics
                     .upstream_duration

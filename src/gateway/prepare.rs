@@ -8,25 +8,28 @@
 //! a client sent can pose as one of them. Invariant: the target sent is the
 //! one admission authorised; the body streams, limited to the route's size.
 
+use std::sync::Arc;
+
 use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::{HeaderValue, Request};
 use hyper::body::Incoming;
 
 use super::{Conn, Exchange};
 use crate::policy::{Policy, Route};
-use crate::proxy::body::RequestBody;
+use crate::proxy::body::{Progress, RequestBody};
 use crate::proxy::headers::{self, Forwarding, Hygiene};
 
 static CHUNKED: HeaderValue = HeaderValue::from_static("chunked");
 
-/// The request to send upstream for an admitted `req`.
+/// The request to send upstream for an admitted `req`, and — when its body
+/// streams — where the body's progress is noted.
 pub fn upstream_request(
     policy: &Policy,
     route: &Route,
     conn: &Conn,
     ex: &mut Exchange<'_>,
     req: Request<Incoming>,
-) -> Request<RequestBody> {
+) -> (Request<RequestBody>, Option<Arc<Progress>>) {
     let (mut parts, body) = req.into_parts();
     let trusted_peer = ex.client.peer_trusted;
     let host = headers::client_host(&parts.headers, &parts.uri);
@@ -64,6 +67,11 @@ pub fn upstream_request(
         },
     );
     parts.uri = std::mem::take(&mut ex.upstream_target);
-    let body = RequestBody::new(body, route.max_body_bytes, route.remove_headers.clone());
-    Request::from_parts(parts, body)
+    let streams = !http_body::Body::is_end_stream(&body);
+    let mut body = RequestBody::new(body, route.max_body_bytes, route.remove_headers.clone());
+    let progress = streams.then(Progress::new);
+    if let Some(progress) = &progress {
+        body = body.with_progress(progress.clone());
+    }
+    (Request::from_parts(parts, body), progress)
 }

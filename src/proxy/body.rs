@@ -11,8 +11,10 @@
 //! client as [`ClientBodyError`], so it is never mistaken for the upstream's.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::HeaderName;
@@ -167,6 +169,35 @@ impl<E: BodyEnd> Body for ResponseBody<E> {
     }
 }
 
+/// When a request body last moved: the wait for the upstream's answer is
+/// bounded by lack of progress while the body streams, and counted from
+/// its end once it has ended.
+#[derive(Debug)]
+pub struct Progress {
+    start: Instant,
+    /// Milliseconds from `start` to the last frame (or the end).
+    last_ms: AtomicU64,
+}
+
+impl Progress {
+    pub fn new() -> Arc<Progress> {
+        Arc::new(Progress {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        })
+    }
+
+    fn touch(&self) {
+        let ms = self.start.elapsed().as_millis() as u64;
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// When the body last moved.
+    pub fn last(&self) -> Instant {
+        self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    }
+}
+
 /// The client's body on its way upstream, cut off past a limit.
 pub struct RequestBody {
     inner: Incoming,
@@ -174,6 +205,8 @@ pub struct RequestBody {
     remaining: Option<u64>,
     /// Header names removed from the body's trailers too.
     removed: Option<Arc<[HeaderName]>>,
+    /// Where the body's progress is noted, for a body that streams.
+    progress: Option<Arc<Progress>>,
 }
 
 impl RequestBody {
@@ -182,7 +215,14 @@ impl RequestBody {
             inner,
             remaining: limit,
             removed,
+            progress: None,
         }
+    }
+
+    /// Notes each frame and the end of the body in `progress`.
+    pub fn with_progress(mut self, progress: Arc<Progress>) -> Self {
+        self.progress = Some(progress);
+        self
     }
 }
 
@@ -195,7 +235,11 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let (Some(progress), Poll::Ready(Some(Ok(_)) | None)) = (&this.progress, &polled) {
+            progress.touch();
+        }
+        match polled {
             Poll::Ready(Some(Ok(mut frame))) => {
                 if let (Some(remaining), Some(data)) = (&mut this.remaining, frame.data_ref()) {
                     let n = data.len() as u64;

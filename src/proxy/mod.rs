@@ -27,7 +27,7 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
-use self::body::{BodyTooLarge, ClientBodyError, RequestBody};
+use self::body::{BodyTooLarge, ClientBodyError, Progress, RequestBody};
 use crate::reject::Reject;
 
 /// A pooled HTTP/1.1 client to upstreams, `http` or `https`.
@@ -243,10 +243,16 @@ pub enum Upstreamed {
 /// streaming. Waits at most the upstream's response timeout for the head.
 /// The response's headers are the upstream's as sent; filtering them is
 /// the caller's.
+///
+/// With `progress` (a request body that streams), the wait is bounded by
+/// lack of progress instead: the body may take as long as it needs while
+/// it keeps moving, and the head must arrive within the timeout of the
+/// body's last frame.
 pub async fn forward(
     upstream: &Upstream,
     mut req: Request<RequestBody>,
     websocket: Option<hyper::upgrade::OnUpgrade>,
+    progress: Option<Arc<Progress>>,
 ) -> Result<Forwarded, Reject> {
     *req.version_mut() = Version::HTTP_11;
     let sent = async {
@@ -268,7 +274,7 @@ pub async fn forward(
             Ok((upstream.client.request(req).await?, None))
         }
     };
-    let (mut resp, lease) = match tokio::time::timeout(upstream.response_timeout, sent).await {
+    let (mut resp, lease) = match within(upstream.response_timeout, progress, sent).await {
         Err(_) => {
             warn_upstream(upstream, &"no response head within the timeout");
             return Err(Reject::GatewayTimeout);
@@ -298,6 +304,28 @@ pub async fn forward(
             head,
             body: Upstreamed::Streaming(body, lease),
         }),
+    }
+}
+
+/// `fut`, or `Err` once `timeout` has passed without it: counted from now,
+/// or — with `progress` — from the request body's last movement.
+async fn within<F: std::future::Future>(
+    timeout: Duration,
+    progress: Option<Arc<Progress>>,
+    fut: F,
+) -> Result<F::Output, tokio::time::error::Elapsed> {
+    let Some(progress) = progress else {
+        return tokio::time::timeout(timeout, fut).await;
+    };
+    let mut fut = std::pin::pin!(fut);
+    loop {
+        let deadline = tokio::time::Instant::from_std(progress.last() + timeout);
+        match tokio::time::timeout_at(deadline, &mut fut).await {
+            Ok(out) => return Ok(out),
+            // The body moved since this deadline was set: wait on.
+            Err(_) if progress.last() + timeout > deadline.into_std() => continue,
+            Err(elapsed) => return Err(elapsed),
+        }
     }
 }
 

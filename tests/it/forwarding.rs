@@ -279,3 +279,27 @@ async fn concurrent_requests_get_a_connection_each_and_give_it_back() {
     );
     assert_eq!(up.seen().len(), 15);
 }
+
+#[tokio::test]
+async fn an_upload_that_keeps_moving_may_outlast_the_response_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let (up, gw) = standard().await;
+    // /slow has upstream_response_timeout: 300ms. The body takes about a
+    // second, a piece every 100 ms: the timeout bounds lack of progress,
+    // and runs from the body's end, so the upload goes through.
+    let mut stream = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    let head = format!(
+        "POST /slow/upload HTTP/1.1\r\nHost: gw.test\r\n{}\r\nContent-Length: 100\r\nConnection: close\r\n\r\n",
+        bearer(ADMIN)
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let started = std::time::Instant::now();
+    for _ in 0..10 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        stream.write_all(&[b'u'; 10]).await.unwrap();
+    }
+    let r = read_response(&mut stream).await;
+    assert_eq!(r.status, 200, "{}", r.head);
+    assert!(started.elapsed() >= std::time::Duration::from_millis(900));
+    assert_eq!(up.only().body.len(), 100);
+}
