@@ -10,6 +10,7 @@ pub mod index;
 pub mod record;
 pub mod secret;
 pub mod source;
+pub mod split;
 pub mod usage;
 
 pub use hash::TokenHash;

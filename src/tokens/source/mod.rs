@@ -215,6 +215,7 @@ mod tests {
             },
             query: None,
             refresh_interval: Duration::from_secs(5),
+            split: None,
         };
         assert!(matches!(
             Source::open(&settings),
@@ -230,6 +231,7 @@ mod tests {
             },
             query: None,
             refresh_interval: Duration::from_secs(5),
+            split: None,
         };
         let source = Source::open(&settings).unwrap();
         source.ensure_schema().await.unwrap();
