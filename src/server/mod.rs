@@ -2,8 +2,9 @@
 //!
 //! The server takes already-bound listeners and a shutdown future, so tests
 //! bind port 0 and pass their own. HTTP/2 is chosen by ALPN on TLS and by
-//! the client preface on plain listeners — sniffed under the header-read
-//! timeout, so a silent client cannot hold a connection open.
+//! the client preface on plain listeners — read under the header-read
+//! timeout (so a silent client cannot hold a connection open) and handed to
+//! the protocol with the bytes already read ([`preface`]).
 //!
 //! Runtime shape: connections are accepted and served by the runtime that
 //! calls [`serve`] and by [`set_extra_workers`] more threads, each running
@@ -18,6 +19,7 @@
 
 pub mod activity;
 pub mod launch;
+pub mod preface;
 pub mod reload;
 pub mod signal;
 pub mod tls;
@@ -38,9 +40,6 @@ use tokio::sync::{watch, Notify};
 
 use self::activity::{Activity, Start, Watched};
 use crate::gateway::{Conn, Gateway};
-
-/// The HTTP/2 client connection preface.
-const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Binds a TCP listener with `SO_REUSEADDR` (so a restart does not wait for
 /// TIME_WAIT) and `TCP_NODELAY` inherited by accepted sockets where the OS
@@ -292,29 +291,14 @@ async fn serve_connection(
             run_http(gateway, stream, conn, h2, limits, stop).await;
         }
         None => {
-            let h2 = match tokio::time::timeout(header_read, sniff_h2(&stream)).await {
-                Ok(Ok(h2)) => h2,
-                _ => return,
-            };
+            let (h2, stream) =
+                match tokio::time::timeout(header_read, preface::detect(stream)).await {
+                    Ok(Ok(detected)) => detected,
+                    _ => return,
+                };
             let conn = Conn::new(peer, false);
             run_http(gateway, stream, conn, h2, limits, stop).await;
         }
-    }
-}
-
-/// Whether the client opens with the HTTP/2 preface (prior knowledge).
-async fn sniff_h2(stream: &TcpStream) -> std::io::Result<bool> {
-    let mut buf = [0u8; 24];
-    loop {
-        let n = stream.peek(&mut buf).await?;
-        if n == 0 || buf[..n] != H2_PREFACE[..n] {
-            return Ok(false);
-        }
-        if n == H2_PREFACE.len() {
-            return Ok(true);
-        }
-        // A partial preface: wait for the rest to arrive.
-        tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
 
