@@ -215,6 +215,8 @@ pub fn log_filter(level: &str) -> String {
 async fn serve(path: &Path) -> anyhow::Result<()> {
     let settings = load(path)?;
     init_tracing(&settings);
+    let descriptors = crate::server::accept::raise_descriptor_limit();
+    tracing::debug!(limit = ?descriptors, "open-file limit");
     let launched = crate::server::launch::launch(path, Box::new(std::io::stdout())).await?;
     for addr in &launched.data_addrs {
         tracing::info!(%addr, "listening");

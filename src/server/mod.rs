@@ -14,9 +14,11 @@
 //! accepted it, so a request never crosses threads and no work is stolen.
 //! The command line runs one runtime per core; tests and embedders that
 //! leave the count at 0 serve on their own runtime only. Invariant: every
-//! connection is tracked until it closes, and shutdown waits for them up to
+//! connection is counted until it closes ([`accept::Slots`], which also
+//! holds `limits.max_connections`), and shutdown waits for them up to
 //! `shutdown_grace`, then stops the extra runtimes.
 
+pub mod accept;
 pub mod activity;
 pub mod launch;
 pub mod preface;
@@ -36,8 +38,9 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 
+use self::accept::{Backoff, Slots};
 use self::activity::{Activity, Start, Watched};
 use crate::gateway::{Conn, Gateway};
 
@@ -58,40 +61,6 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.bind(&addr.into())?;
     socket.listen(4096)?;
     TcpListener::from_std(socket.into())
-}
-
-/// Counts open connections so a drain can wait for them.
-#[derive(Default)]
-struct Tracker {
-    open: AtomicUsize,
-    closed: Notify,
-}
-
-struct Tracked(Arc<Tracker>);
-
-impl Tracker {
-    fn track(self: &Arc<Self>) -> Tracked {
-        self.open.fetch_add(1, Ordering::AcqRel);
-        Tracked(self.clone())
-    }
-
-    async fn idle(&self) {
-        loop {
-            let notified = self.closed.notified();
-            if self.open.load(Ordering::Acquire) == 0 {
-                return;
-            }
-            notified.await;
-        }
-    }
-}
-
-impl Drop for Tracked {
-    fn drop(&mut self) {
-        if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.closed.notify_waiters();
-        }
-    }
 }
 
 /// How many threads with a current-thread runtime each serve data
@@ -124,7 +93,7 @@ pub async fn serve_with_workers(
     extra_workers: usize,
     shutdown: impl Future<Output = ()>,
 ) {
-    let tracker = Arc::new(Tracker::default());
+    let slots = Arc::new(Slots::default());
     let (stop_tx, stop_rx) = watch::channel(false);
     let (done_tx, done_rx) = watch::channel(false);
     let mut workers = Vec::with_capacity(extra_workers);
@@ -134,11 +103,11 @@ pub async fn serve_with_workers(
             .map(|l| socket2::SockRef::from(l).try_clone().map(Into::into))
             .collect();
         let spawned = duplicates.and_then(|duplicates| {
-            let (gateway, tracker) = (gateway.clone(), tracker.clone());
+            let (gateway, slots) = (gateway.clone(), slots.clone());
             let (stop, done) = (stop_rx.clone(), done_rx.clone());
             std::thread::Builder::new()
                 .name(format!("tollgate-worker-{}", n + 1))
-                .spawn(move || worker(gateway, duplicates, tracker, stop, done))
+                .spawn(move || worker(gateway, duplicates, slots, stop, done))
         });
         match spawned {
             Ok(handle) => workers.push(handle),
@@ -154,7 +123,7 @@ pub async fn serve_with_workers(
             gateway.clone(),
             listener,
             index,
-            tracker.clone(),
+            slots.clone(),
             stop_rx.clone(),
         )));
     }
@@ -172,9 +141,9 @@ pub async fn serve_with_workers(
         .settings
         .timeouts
         .shutdown_grace;
-    if tokio::time::timeout(grace, tracker.idle()).await.is_err() {
+    if tokio::time::timeout(grace, slots.idle()).await.is_err() {
         tracing::warn!(
-            open = tracker.open.load(Ordering::Acquire),
+            open = slots.open(),
             "shutdown grace elapsed with connections still open"
         );
     }
@@ -196,7 +165,7 @@ pub async fn serve_with_workers(
 fn worker(
     gateway: Arc<Gateway>,
     listeners: Vec<std::net::TcpListener>,
-    tracker: Arc<Tracker>,
+    slots: Arc<Slots>,
     mut stop: watch::Receiver<bool>,
     mut done: watch::Receiver<bool>,
 ) {
@@ -218,7 +187,7 @@ fn worker(
                     gateway.clone(),
                     listener,
                     index,
-                    tracker.clone(),
+                    slots.clone(),
                     stop.clone(),
                 ))),
                 Err(e) => tracing::warn!(error = %e, "worker cannot accept on a listener"),
@@ -236,27 +205,37 @@ async fn accept_loop(
     gateway: Arc<Gateway>,
     listener: TcpListener,
     index: usize,
-    tracker: Arc<Tracker>,
+    slots: Arc<Slots>,
     stop: watch::Receiver<bool>,
 ) {
+    let mut backoff = Backoff::new("data");
     loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                // Out of file descriptors and the like: back off briefly
-                // instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
+        // At `limits.max_connections`, no accept: new connections wait in
+        // the kernel's backlog until one closes.
+        let slot = slots
+            .take(|| {
+                gateway
+                    .current
+                    .load()
+                    .runtime
+                    .settings
+                    .limits
+                    .max_connections
+            })
+            .await;
+        let (stream, peer) = loop {
+            match listener.accept().await {
+                Ok(accepted) => break accepted,
+                Err(e) => backoff.failed(&e).await,
             }
         };
+        backoff.reset();
         let _ = stream.set_nodelay(true);
-        let tracked = tracker.track();
         let gateway = gateway.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
             serve_connection(gateway, stream, peer, index, stop).await;
-            drop(tracked);
+            drop(slot);
         });
     }
 }
