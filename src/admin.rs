@@ -1,10 +1,12 @@
 //! The admin listener: `GET /healthz`, `/readyz` and `/metrics`.
 //!
 //! Plain HTTP/1.1 on its own address, meant for orchestrators and
-//! Prometheus. Invariant: it exposes no token, hash or request data.
+//! Prometheus. Invariant: it exposes no token, hash or request data, and
+//! it stays reachable when the data listeners have used every descriptor
+//! the process may open (it keeps a few in reserve).
 
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
@@ -15,14 +17,31 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 use crate::gateway::Gateway;
+use crate::server::accept::{is_resource_exhaustion, Backoff};
+
+/// Descriptors the admin listener keeps in reserve: when the process is
+/// out of them (the data listeners full), one is given up to accept an
+/// admin connection, so `/readyz` and `/metrics` still answer.
+const RESERVE: usize = 4;
 
 /// Serves the admin endpoints until the task is dropped.
 pub async fn serve(gateway: Arc<Gateway>, listener: TcpListener) {
+    let reserve = Arc::new(Reserve::default());
+    reserve.refill();
+    let mut backoff = Backoff::new("admin");
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) if is_resource_exhaustion(&e) && reserve.release_one() => continue,
+            Err(e) => {
+                backoff.failed(&e).await;
+                reserve.refill();
+                continue;
+            }
         };
+        backoff.reset();
         let gateway = gateway.clone();
+        let reserve = reserve.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| {
                 let gateway = gateway.clone();
@@ -33,7 +52,31 @@ pub async fn serve(gateway: Arc<Gateway>, listener: TcpListener) {
                 .header_read_timeout(std::time::Duration::from_secs(10))
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
+            reserve.refill();
         });
+    }
+}
+
+/// Open descriptors (of `/dev/null`) held only to be given up.
+#[derive(Default)]
+struct Reserve(Mutex<Vec<std::fs::File>>);
+
+impl Reserve {
+    /// Opens descriptors up to [`RESERVE`], as far as the process has any.
+    fn refill(&self) {
+        let mut held = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        while held.len() < RESERVE {
+            match std::fs::File::open("/dev/null") {
+                Ok(file) => held.push(file),
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// Closes one reserved descriptor; false when none is left.
+    fn release_one(&self) -> bool {
+        let mut held = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        held.pop().is_some()
     }
 }
 

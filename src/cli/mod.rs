@@ -166,6 +166,8 @@ async fn load_tokens(settings: &Settings) -> anyhow::Result<TokenIndex> {
 async fn serve(path: &Path, extra_workers: usize) -> anyhow::Result<()> {
     let settings = load(path)?;
     crate::diagnostics::init(&settings);
+    let descriptors = crate::server::accept::raise_descriptor_limit();
+    tracing::debug!(limit = ?descriptors, "open-file limit");
     let options = crate::server::launch::Options {
         sink: Box::new(std::io::stdout()),
         extra_workers,

@@ -7,7 +7,7 @@
 //! all_scope `scope:all`, realm `tollgate`, forward_credentials false;
 //! client_ip.trusted_proxies []; limits backend local, per_token
 //! {100, 1s, 200}, failed_auth_per_ip {20, 1m, 20}, max_header_bytes 16384,
-//! max_body_bytes unlimited; timeouts header_read 10s, upstream_connect 3s,
+//! max_body_bytes unlimited, max_connections unlimited; timeouts header_read 10s, upstream_connect 3s,
 //! upstream_response 30s, idle 60s, shutdown_grace 30s. Required: at least
 //! one `listen` entry, `tokens.source`, and at least one route.
 //!
@@ -465,12 +465,21 @@ impl Compiler<'_> {
             self.report
                 .error("limits.max_header_bytes", "must be greater than zero");
         }
+        if spec.max_connections == Some(0) {
+            self.report.error(
+                "limits.max_connections",
+                "must be at least 1 (null for no limit)",
+            );
+        }
         LimitSettings {
             backend,
             per_token,
             failed_auth_per_ip,
             max_header_bytes: usize::try_from(max_header_bytes).unwrap_or(usize::MAX),
             max_body_bytes: spec.max_body_bytes,
+            max_connections: spec
+                .max_connections
+                .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
         }
     }
 

@@ -89,6 +89,7 @@ fn minimal_config_gets_the_documented_defaults() {
     );
     assert_eq!(s.limits.max_header_bytes, 16_384);
     assert_eq!(s.limits.max_body_bytes, None);
+    assert_eq!(s.limits.max_connections, None);
     let t = s.timeouts;
     assert_eq!(
         [
@@ -445,7 +446,7 @@ fn redis_backend_needs_its_url_and_only_it() {
 #[test]
 fn zero_rates_and_limits_are_refused() {
     let text = format!(
-        "{MINIMAL}limits:\n  per_token: {{ requests: 0, per: 1s }}\n  failed_auth_per_ip: {{ requests: 1, per: 0s, burst: 0 }}\n  max_header_bytes: 0\n"
+        "{MINIMAL}limits:\n  per_token: {{ requests: 0, per: 1s }}\n  failed_auth_per_ip: {{ requests: 1, per: 0s, burst: 0 }}\n  max_header_bytes: 0\n  max_connections: 0\n"
     );
     assert_eq!(
         errors(&text),
@@ -454,6 +455,7 @@ fn zero_rates_and_limits_are_refused() {
             "g.yaml:12: limits.failed_auth_per_ip.burst: must be at least 1",
             "g.yaml:12: limits.failed_auth_per_ip.per: \"0s\" must be greater than zero",
             "g.yaml:13: limits.max_header_bytes: must be greater than zero",
+            "g.yaml:14: limits.max_connections: must be at least 1 (null for no limit)",
         ]
     );
 }

@@ -141,6 +141,9 @@ pub struct LimitSettings {
     pub max_header_bytes: usize,
     /// `None`: unlimited, streamed.
     pub max_body_bytes: Option<u64>,
+    /// Open data connections over every data listener; `None`: no cap.
+    /// At the cap, new connections wait in the kernel's backlog.
+    pub max_connections: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy)]

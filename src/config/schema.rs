@@ -131,6 +131,8 @@ pub(crate) struct LimitsSpec {
     pub max_header_bytes: Option<u64>,
     #[serde(default)]
     pub max_body_bytes: Option<u64>,
+    #[serde(default)]
+    pub max_connections: Option<u64>,
 }
 
 /// `{ requests: N, per: DURATION, burst: N }`; shared with the token file.

@@ -10,15 +10,17 @@
 //! them whatever the interleaving.
 //!
 //! Invariant: Redis never refuses or stalls traffic. A check waits at most
-//! [`CHECK_TIMEOUT`]; an error or a timeout marks the backend down (logged
-//! once, `tollgate_limit_backend_up 0`) and the caller falls back to the
-//! token's local limiter. While down, requests do not touch Redis at all; a
+//! [`CHECK_TIMEOUT`], and the caller falls back to the token's local limiter
+//! for that request. An error marks the backend down at once (logged once,
+//! `tollgate_limit_backend_up 0`); timeouts do after [`DOWN_AFTER`] in a row
+//! ([`Streak`]), so one slow answer on a loaded host does not turn every
+//! token's limit per-instance for a probe interval. While down, requests do not touch Redis at all; a
 //! background probe sends `PING` (and loads the script) every
 //! [`PROBE_INTERVAL`] and marks it up again once Redis answers.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock, Weak};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::gauge::Gauge;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -32,6 +34,11 @@ use crate::config::Rate;
 /// in well under a millisecond; 50 ms bounds what an outage or a stalled
 /// Redis adds to the requests in flight when it starts.
 pub const CHECK_TIMEOUT: Duration = Duration::from_millis(50);
+
+/// Timeouts in a row, with no answer between, that mark the backend down.
+/// Timeouts within [`CHECK_TIMEOUT`] of the last one counted are one stall
+/// and count once, however many requests were waiting on it.
+pub const DOWN_AFTER: u32 = 3;
 
 /// How often the probe asks a Redis marked down whether it is back.
 pub const PROBE_INTERVAL: Duration = Duration::from_secs(1);
@@ -85,6 +92,10 @@ pub struct RedisLimiter {
     /// every check falls back to the local limiter).
     conn: OnceLock<Option<ConnectionManager>>,
     up: AtomicBool,
+    /// Timeouts since the last answer; `suspect` is set while it counts
+    /// any, so an answer resets it without taking the lock.
+    timeouts: Mutex<Streak>,
+    suspect: AtomicBool,
     /// Set once a reload replaced this backend: it stops touching the gauge.
     retired: AtomicBool,
     gauge: Gauge,
@@ -103,6 +114,8 @@ impl RedisLimiter {
             script: Script::new(GCRA_LUA),
             conn: OnceLock::new(),
             up: AtomicBool::new(true),
+            timeouts: Mutex::new(Streak::default()),
+            suspect: AtomicBool::new(false),
             retired: AtomicBool::new(false),
             gauge,
         }))
@@ -154,13 +167,24 @@ impl RedisLimiter {
         let mut call = self.script.key(format!("{KEY_PREFIX}{id}"));
         call.arg(interval_micros(rate)).arg(burst);
         match tokio::time::timeout(CHECK_TIMEOUT, call.invoke_async::<Reply>(&mut conn)).await {
-            Ok(Ok(reply)) => Some(verdict(reply, burst)),
+            Ok(Ok(reply)) => {
+                if self.suspect.load(Ordering::Acquire) {
+                    self.lock_timeouts().answered();
+                    self.suspect.store(false, Ordering::Release);
+                }
+                Some(verdict(reply, burst))
+            }
             Ok(Err(e)) => {
                 self.mark_down(&e);
                 None
             }
             Err(_) => {
-                self.mark_down(&format_args!("no answer within {CHECK_TIMEOUT:?}"));
+                self.suspect.store(true, Ordering::Release);
+                if self.lock_timeouts().timed_out(Instant::now()) {
+                    self.mark_down(&format_args!(
+                        "no answer within {CHECK_TIMEOUT:?}, {DOWN_AFTER} times in a row"
+                    ));
+                }
                 None
             }
         }
@@ -169,6 +193,10 @@ impl RedisLimiter {
     /// Stops this backend from reporting on the gauge (a reload replaced it).
     pub fn retire(&self) {
         self.retired.store(true, Ordering::Release);
+    }
+
+    fn lock_timeouts(&self) -> std::sync::MutexGuard<'_, Streak> {
+        self.timeouts.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn mark_down(&self, error: &dyn std::fmt::Display) {
@@ -183,6 +211,8 @@ impl RedisLimiter {
     }
 
     fn mark_up(&self) {
+        self.lock_timeouts().answered();
+        self.suspect.store(false, Ordering::Release);
         if !self.up.swap(true, Ordering::AcqRel) && !self.retired.load(Ordering::Acquire) {
             self.gauge.set(1);
             tracing::info!(
@@ -199,6 +229,35 @@ impl std::fmt::Debug for RedisLimiter {
             .field("addr", &self.client.get_connection_info().addr())
             .field("up", &self.is_up())
             .finish_non_exhaustive()
+    }
+}
+
+/// Check timeouts since Redis last answered: when enough of them, apart
+/// in time, say the backend is down.
+#[derive(Debug, Default)]
+struct Streak {
+    count: u32,
+    last: Option<Instant>,
+}
+
+impl Streak {
+    /// A check timed out at `now`; whether that makes [`DOWN_AFTER`] in a
+    /// row. One within [`CHECK_TIMEOUT`] of the last one counted is part of
+    /// the same stall and does not count again.
+    fn timed_out(&mut self, now: Instant) -> bool {
+        let same_stall = self
+            .last
+            .is_some_and(|last| now.saturating_duration_since(last) < CHECK_TIMEOUT);
+        if !same_stall {
+            self.count += 1;
+            self.last = Some(now);
+        }
+        self.count >= DOWN_AFTER
+    }
+
+    /// Redis answered: the streak is over.
+    fn answered(&mut self) {
+        *self = Streak::default();
     }
 }
 
@@ -398,6 +457,52 @@ mod tests {
         assert!(started.elapsed() < CHECK_TIMEOUT + Duration::from_millis(50));
         assert!(!backend.is_up());
         assert_eq!(gauge.get(), 0);
+    }
+
+    #[test]
+    fn one_slow_answer_does_not_mark_the_backend_down_three_stalls_in_a_row_do() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut streak = Streak::default();
+        // One stall: every request waiting on it times out at about once.
+        assert!(!streak.timed_out(at(0)));
+        for ms in [1, 10, 49] {
+            assert!(!streak.timed_out(at(ms)), "the same stall at {ms} ms");
+        }
+        // An answer ends the streak; the next stall starts a new one.
+        streak.answered();
+        assert!(!streak.timed_out(at(100)));
+        assert!(!streak.timed_out(at(150)));
+        streak.answered();
+        // Three stalls apart with no answer between: down.
+        assert!(!streak.timed_out(at(200)));
+        assert!(!streak.timed_out(at(250)));
+        assert!(streak.timed_out(at(300)));
+        // Later timeouts keep saying so until an answer.
+        assert!(streak.timed_out(at(301)));
+        streak.answered();
+        assert!(!streak.timed_out(at(400)));
+    }
+
+    #[tokio::test]
+    async fn a_check_timeout_alone_leaves_the_backend_up() {
+        // A listener that accepts and never answers: every check times out.
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = silent.local_addr().unwrap();
+        let held = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((s, _)) = silent.accept().await {
+                open.push(s);
+            }
+        });
+        let gauge = Gauge::default();
+        gauge.set(1);
+        let backend = RedisLimiter::open(&format!("redis://{addr}/"), gauge.clone()).unwrap();
+        let r = rate(1, Duration::from_secs(1), 1);
+        assert_eq!(backend.check("x", r).await, None);
+        assert!(backend.is_up(), "one timeout marked it down");
+        assert_eq!(gauge.get(), 1);
+        held.abort();
     }
 
     #[test]

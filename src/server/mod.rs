@@ -2,8 +2,9 @@
 //!
 //! The server takes already-bound listeners and a shutdown future, so tests
 //! bind port 0 and pass their own. HTTP/2 is chosen by ALPN on TLS and by
-//! the client preface on plain listeners — sniffed under the header-read
-//! timeout, so a silent client cannot hold a connection open.
+//! the client preface on plain listeners — read under the header-read
+//! timeout (so a silent client cannot hold a connection open) and handed to
+//! the protocol with the bytes already read ([`preface`]).
 //!
 //! Runtime shape: connections are accepted and served by the runtime that
 //! calls [`serve`] and by `extra_workers` more threads, each running
@@ -13,18 +14,21 @@
 //! accepted it, so a request never crosses threads and no work is stolen.
 //! The command line runs one runtime per core; tests and embedders that
 //! leave the count at 0 serve on their own runtime only. Invariant: every
-//! connection is tracked until it closes, and shutdown waits for them up to
+//! connection is counted until it closes ([`accept::Slots`], which also
+//! holds `limits.max_connections`), and shutdown waits for them up to
 //! `shutdown_grace`, then stops the extra runtimes.
 
+pub mod accept;
 pub mod activity;
 pub mod launch;
+pub mod preface;
 pub mod reload;
 pub mod signal;
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,13 +37,11 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 
+use self::accept::{Backoff, Slots};
 use self::activity::{Activity, Start, Watched};
 use crate::gateway::{Conn, Gateway};
-
-/// The HTTP/2 client connection preface.
-const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Binds a TCP listener with `SO_REUSEADDR` (so a restart does not wait for
 /// TIME_WAIT) and `TCP_NODELAY` inherited by accepted sockets where the OS
@@ -60,40 +62,6 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
-/// Counts open connections so a drain can wait for them.
-#[derive(Default)]
-struct Tracker {
-    open: AtomicUsize,
-    closed: Notify,
-}
-
-struct Tracked(Arc<Tracker>);
-
-impl Tracker {
-    fn track(self: &Arc<Self>) -> Tracked {
-        self.open.fetch_add(1, Ordering::AcqRel);
-        Tracked(self.clone())
-    }
-
-    async fn idle(&self) {
-        loop {
-            let notified = self.closed.notified();
-            if self.open.load(Ordering::Acquire) == 0 {
-                return;
-            }
-            notified.await;
-        }
-    }
-}
-
-impl Drop for Tracked {
-    fn drop(&mut self) {
-        if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.closed.notify_waiters();
-        }
-    }
-}
-
 /// Serves the data listeners until `shutdown` resolves, then drains:
 /// stops accepting, lets in-flight requests finish (up to
 /// `timeouts.shutdown_grace`), and returns. `extra_workers` more threads,
@@ -105,7 +73,7 @@ pub async fn serve(
     extra_workers: usize,
     shutdown: impl Future<Output = ()>,
 ) {
-    let tracker = Arc::new(Tracker::default());
+    let slots = Arc::new(Slots::default());
     let (stop_tx, stop_rx) = watch::channel(false);
     let (done_tx, done_rx) = watch::channel(false);
     let mut workers = Vec::with_capacity(extra_workers);
@@ -115,11 +83,11 @@ pub async fn serve(
             .map(|l| socket2::SockRef::from(l).try_clone().map(Into::into))
             .collect();
         let spawned = duplicates.and_then(|duplicates| {
-            let (gateway, tracker) = (gateway.clone(), tracker.clone());
+            let (gateway, slots) = (gateway.clone(), slots.clone());
             let (stop, done) = (stop_rx.clone(), done_rx.clone());
             std::thread::Builder::new()
                 .name(format!("tollgate-worker-{}", n + 1))
-                .spawn(move || worker(gateway, duplicates, tracker, stop, done))
+                .spawn(move || worker(gateway, duplicates, slots, stop, done))
         });
         match spawned {
             Ok(handle) => workers.push(handle),
@@ -135,7 +103,7 @@ pub async fn serve(
             gateway.clone(),
             listener,
             index,
-            tracker.clone(),
+            slots.clone(),
             stop_rx.clone(),
         )));
     }
@@ -153,9 +121,9 @@ pub async fn serve(
         .settings
         .timeouts
         .shutdown_grace;
-    if tokio::time::timeout(grace, tracker.idle()).await.is_err() {
+    if tokio::time::timeout(grace, slots.idle()).await.is_err() {
         tracing::warn!(
-            open = tracker.open.load(Ordering::Acquire),
+            open = slots.open(),
             "shutdown grace elapsed with connections still open"
         );
     }
@@ -177,7 +145,7 @@ pub async fn serve(
 fn worker(
     gateway: Arc<Gateway>,
     listeners: Vec<std::net::TcpListener>,
-    tracker: Arc<Tracker>,
+    slots: Arc<Slots>,
     mut stop: watch::Receiver<bool>,
     mut done: watch::Receiver<bool>,
 ) {
@@ -199,7 +167,7 @@ fn worker(
                     gateway.clone(),
                     listener,
                     index,
-                    tracker.clone(),
+                    slots.clone(),
                     stop.clone(),
                 ))),
                 Err(e) => tracing::warn!(error = %e, "worker cannot accept on a listener"),
@@ -217,27 +185,37 @@ async fn accept_loop(
     gateway: Arc<Gateway>,
     listener: TcpListener,
     index: usize,
-    tracker: Arc<Tracker>,
+    slots: Arc<Slots>,
     stop: watch::Receiver<bool>,
 ) {
+    let mut backoff = Backoff::new("data");
     loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                // Out of file descriptors and the like: back off briefly
-                // instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
+        // At `limits.max_connections`, no accept: new connections wait in
+        // the kernel's backlog until one closes.
+        let slot = slots
+            .take(|| {
+                gateway
+                    .current
+                    .load()
+                    .policy
+                    .settings
+                    .limits
+                    .max_connections
+            })
+            .await;
+        let (stream, peer) = loop {
+            match listener.accept().await {
+                Ok(accepted) => break accepted,
+                Err(e) => backoff.failed(&e).await,
             }
         };
+        backoff.reset();
         let _ = stream.set_nodelay(true);
-        let tracked = tracker.track();
         let gateway = gateway.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
             serve_connection(gateway, stream, peer, index, stop).await;
-            drop(tracked);
+            drop(slot);
         });
     }
 }
@@ -272,29 +250,14 @@ async fn serve_connection(
             run_http(gateway, stream, conn, h2, limits, stop).await;
         }
         None => {
-            let h2 = match tokio::time::timeout(header_read, sniff_h2(&stream)).await {
-                Ok(Ok(h2)) => h2,
-                _ => return,
-            };
+            let (h2, stream) =
+                match tokio::time::timeout(header_read, preface::detect(stream)).await {
+                    Ok(Ok(detected)) => detected,
+                    _ => return,
+                };
             let conn = Conn::new(peer, false);
             run_http(gateway, stream, conn, h2, limits, stop).await;
         }
-    }
-}
-
-/// Whether the client opens with the HTTP/2 preface (prior knowledge).
-async fn sniff_h2(stream: &TcpStream) -> std::io::Result<bool> {
-    let mut buf = [0u8; 24];
-    loop {
-        let n = stream.peek(&mut buf).await?;
-        if n == 0 || buf[..n] != H2_PREFACE[..n] {
-            return Ok(false);
-        }
-        if n == H2_PREFACE.len() {
-            return Ok(true);
-        }
-        // A partial preface: wait for the rest to arrive.
-        tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
 

@@ -107,10 +107,23 @@ impl Control {
 
     /// SIGHUP: reload the config file and the tokens. A config that fails
     /// to load or compile keeps the running one; the error is returned.
-    pub fn reload(&self) -> Result<(), String> {
+    /// A config naming another token source is refused too unless that
+    /// source loads (as `tollgate check` judges it): the new config starts
+    /// serving with the new source's index, never with the old one's.
+    pub async fn reload(&self) -> Result<(), String> {
         let settings = config::load(&self.config_path).map_err(|e| e.to_string())?;
         let gw = &self.gateway;
         let policy = Policy::build(&settings, &gw.retained).map_err(|e| e.to_string())?;
+        let running = gw.current.load().policy.settings.tokens.clone();
+        if settings.tokens != running {
+            let index = load_new_source(&settings.tokens).await.map_err(|e| {
+                gw.retained.metrics.token_reload(false);
+                format!("{}: tokens: {e}", self.config_path.display())
+            })?;
+            gw.retained.metrics.token_reload(true);
+            gw.retained.metrics.token_source_up.set(1);
+            install(gw, index);
+        }
         gw.retained.adopt(&policy);
         gw.access_log.set_format(settings.log.format);
         crate::diagnostics::apply_level(&settings.log.level);
@@ -127,6 +140,17 @@ impl Drop for Control {
             l.task.abort();
         }
     }
+}
+
+/// One complete load of a source the running config does not use yet.
+async fn load_new_source(settings: &TokenSourceSettings) -> Result<TokenIndex, String> {
+    let source = Source::open(settings).map_err(|e| e.to_string())?;
+    let mut loaded = None;
+    source
+        .load_index(None, |index| loaded = Some(index))
+        .await
+        .map_err(|e| e.to_string())?;
+    loaded.ok_or_else(|| "the source returned no index".to_string())
 }
 
 async fn load_loop(

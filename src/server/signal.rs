@@ -15,7 +15,7 @@ pub async fn run_until_stopped(mut launched: Launched) -> anyhow::Result<()> {
     loop {
         tokio::select! {
             _ = hup.recv() => {
-                if let Err(e) = launched.control.reload() {
+                if let Err(e) = launched.control.reload().await {
                     tracing::error!(error = %e, "reload refused; the running configuration stays");
                 }
             }

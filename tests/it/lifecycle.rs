@@ -67,7 +67,7 @@ async fn a_reload_with_a_broken_config_keeps_the_running_one() {
         gateway_yaml(up.addr, "").replace("scopes: [scope:agent-ui]", "scopes: []"),
     )
     .unwrap();
-    let err = gw.launched.control.reload().unwrap_err();
+    let err = gw.launched.control.reload().await.unwrap_err();
     assert!(err.contains("scopes"), "{err}");
     assert_eq!(
         get(gw.addr(), "/api/v1/x", &[&bearer(AGENT)]).await.status,
@@ -79,11 +79,71 @@ async fn a_reload_with_a_broken_config_keeps_the_running_one() {
         gateway_yaml(up.addr, "").replace("scopes: [scope:agent-ui]", "scopes: [scope:other]"),
     )
     .unwrap();
-    gw.launched.control.reload().unwrap();
+    gw.launched.control.reload().await.unwrap();
     assert_refusal(
         &get(gw.addr(), "/api/v1/x", &[&bearer(AGENT)]).await,
         403,
         "insufficient_scope",
+    );
+}
+
+#[tokio::test]
+async fn a_reload_to_a_token_source_that_cannot_be_loaded_is_refused() {
+    let (up, gw) = standard().await;
+    let metrics = || async {
+        let m = String::from_utf8(get(gw.admin(), "/metrics", &[]).await.body).unwrap();
+        m.lines()
+            .find(|l| l.starts_with("tollgate_token_reloads_total{result=\"failure\"}"))
+            .map(|l| l.rsplit(' ').next().unwrap().to_string())
+            .unwrap_or_else(|| "0".into())
+    };
+    let failures_before = metrics().await;
+    // Config B: another (missing) token file, and a scope change that would
+    // show if B were applied.
+    std::fs::write(
+        gw.path("gateway.yaml"),
+        gateway_yaml(up.addr, "")
+            .replace("path: tokens.yaml", "path: missing.yaml")
+            .replace("scopes: [scope:agent-ui]", "scopes: [scope:other]"),
+    )
+    .unwrap();
+    let err = gw.launched.control.reload().await.unwrap_err();
+    assert!(err.contains("gateway.yaml: tokens:"), "{err}");
+    assert!(err.contains("missing.yaml"), "{err}");
+    assert_eq!(
+        get(gw.addr(), "/api/v1/x", &[&bearer(AGENT)]).await.status,
+        200,
+        "the running config and index stay"
+    );
+    assert_eq!(get(gw.admin(), "/readyz", &[]).await.status, 200);
+    let failures_after = metrics().await;
+    assert_ne!(failures_before, failures_after, "the refusal is counted");
+}
+
+#[tokio::test]
+async fn a_reload_to_another_token_source_serves_its_index_as_soon_as_it_returns() {
+    let (up, gw) = standard().await;
+    let beta = format!(
+        "tokens:\n  - id: beta\n    sha256: {}\n    scopes: [scope:agent-ui]\n",
+        sha("beta-secret")
+    );
+    std::fs::write(gw.path("other.yaml"), beta).unwrap();
+    std::fs::write(
+        gw.path("gateway.yaml"),
+        gateway_yaml(up.addr, "").replace("path: tokens.yaml", "path: other.yaml"),
+    )
+    .unwrap();
+    gw.launched.control.reload().await.unwrap();
+    assert_eq!(
+        get(gw.addr(), "/api/v1/x", &[&bearer("beta-secret")])
+            .await
+            .status,
+        200
+    );
+    assert_refusal(
+        &get(gw.addr(), "/api/v1/x", &[&bearer(AGENT)]).await,
+        401,
+        "invalid_token",
     );
 }
 
@@ -102,7 +162,7 @@ async fn a_reload_applies_to_requests_on_connections_opened_before_it() {
         gateway_yaml(up.addr, "").replace("scopes: [scope:agent-ui]", "scopes: [scope:other]"),
     )
     .unwrap();
-    gw.launched.control.reload().unwrap();
+    gw.launched.control.reload().await.unwrap();
     stream.write_all(req.as_bytes()).await.unwrap();
     assert_eq!(read_response(&mut stream).await.status, 403);
 }

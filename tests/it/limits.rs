@@ -46,7 +46,7 @@ async fn a_reload_does_not_reset_a_token_bucket() {
     for _ in 0..3 {
         assert_eq!(hit(&gw, "limited-secret").await.status, 200);
     }
-    gw.launched.control.reload().unwrap();
+    gw.launched.control.reload().await.unwrap();
     // Force a token reload too (the file is re-read).
     replace_file(&gw.path("tokens.yaml"), &format!("{}\n", limited_tokens()));
     tokio::time::sleep(Duration::from_millis(300)).await;

@@ -14,6 +14,7 @@ mod lifecycle;
 mod limits;
 mod observability;
 mod paths;
+mod resources;
 mod scaleout;
 mod support;
 mod tls;

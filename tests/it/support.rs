@@ -535,10 +535,26 @@ impl Drop for Served {
 /// Runs the real binary, `tollgate serve -c config`, and waits until it
 /// logs its data address. The config must log JSON at level `info`.
 pub fn serve_process(config: &Path) -> Served {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"));
+    command.args(["serve", "-c"]).arg(config);
+    serve_command(command)
+}
+
+/// [`serve_process`] with its open-file limit (soft and hard) set to
+/// `nofile` by the shell that starts it.
+pub fn serve_process_with_nofile(config: &Path, nofile: u32) -> Served {
+    let mut command = std::process::Command::new("sh");
+    command
+        .arg("-c")
+        .arg(format!("ulimit -n {nofile} && exec \"$0\" serve -c \"$1\""))
+        .arg(env!("CARGO_BIN_EXE_tollgate"))
+        .arg(config);
+    serve_command(command)
+}
+
+fn serve_command(mut command: std::process::Command) -> Served {
     use std::io::{BufRead, BufReader};
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
-        .args(["serve", "-c"])
-        .arg(config)
+    let mut child = command
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()

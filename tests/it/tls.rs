@@ -280,6 +280,7 @@ async fn a_reload_serves_a_rotated_certificate_to_new_connections_while_old_ones
     gw.launched
         .control
         .reload()
+        .await
         .expect("reload accepts the new files");
 
     let new_tls = connect_tls(addr, config.clone()).await;
@@ -317,7 +318,7 @@ async fn a_reload_with_an_unusable_key_keeps_the_running_certificate() {
     let other = pki.leaf("gateway-other", 2);
     replace_file(&certs.path().join("cert.pem"), &other.cert_pem);
     replace_file(&certs.path().join("key.pem"), "not a key\n");
-    let err = gw.launched.control.reload().unwrap_err();
+    let err = gw.launched.control.reload().await.unwrap_err();
     assert!(err.contains("key.pem"), "{err}");
     assert!(
         !err.contains("not a key"),
@@ -452,7 +453,7 @@ async fn a_reload_rereads_an_upstream_ca_bundle_replaced_in_place() {
     assert_refusal(&r, 502, "bad_gateway");
 
     replace_file(&ca, &pki.ca_pem());
-    gw.launched.control.reload().unwrap();
+    gw.launched.control.reload().await.unwrap();
     let r = get(gw.addr(), "/secure/x", &[&bearer(AGENT)]).await;
     assert_eq!(r.status, 200, "{}", r.head);
     let sent = format!("/secure/x http localhost:{}", addr.port());

@@ -117,7 +117,7 @@ async fn hostile_configs_are_refused_quickly_on_reload_and_the_running_config_ke
     for (what, text) in hostile_configs(&good) {
         std::fs::write(&path, &text).unwrap();
         let started = Instant::now();
-        let result = gw.launched.control.reload();
+        let result = gw.launched.control.reload().await;
         let took = started.elapsed();
         assert!(result.is_err(), "{what}: accepted");
         assert!(took < Duration::from_secs(1), "{what}: took {took:?}");
@@ -132,7 +132,7 @@ async fn hostile_configs_are_refused_quickly_on_reload_and_the_running_config_ke
     }
     // The good config still reloads.
     std::fs::write(&path, &good).unwrap();
-    gw.launched.control.reload().unwrap();
+    gw.launched.control.reload().await.unwrap();
 }
 
 #[tokio::test]
