@@ -281,7 +281,7 @@ impl Gateway {
                     rt.failed_auth.record_failure(client_ip);
                     return Err(Reject::InvalidToken);
                 };
-                outcome.token_id = Some(entry.id.clone());
+                outcome.token_id = Some(entry.id.header().clone());
                 entry
                     .usage
                     .get_or_init(|| self.usage.cell(entry.id_str()))
@@ -311,7 +311,7 @@ impl Gateway {
         let upstream_uri = proxy::upstream_uri(route, &target.path, target.query)?;
         Ok(Permit {
             route,
-            identity: identity.map(|e| (e.id.clone(), e.scopes.header.clone())),
+            identity: identity.map(|e| (e.id.header().clone(), e.scopes.header.clone())),
             upstream_uri,
             websocket,
             quota,

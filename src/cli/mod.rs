@@ -235,7 +235,7 @@ async fn check(path: &Path) -> anyhow::Result<()> {
     let plaintext: Vec<String> = records
         .iter()
         .filter(|r| r.from_plaintext)
-        .map(|r| r.id.clone())
+        .map(|r| r.id.to_string())
         .collect();
     let index = TokenIndex::build(records)
         .map_err(|e| anyhow::anyhow!("{}: tokens: {e}", path.display()))?;

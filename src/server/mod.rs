@@ -391,6 +391,7 @@ mod tests {
     use crate::config::{self, LogFormat};
     use crate::metrics::Metrics;
     use crate::snapshot::{Lasting, Runtime};
+    use crate::tokens::id::{id, scopes};
     use crate::tokens::{TokenHash, TokenIndex, TokenRecord};
 
     fn gateway() -> Arc<Gateway> {
@@ -401,7 +402,7 @@ mod tests {
         let runtime = Runtime::compile(settings, &lasting).unwrap();
         let log = AccessLog::start(Box::new(std::io::sink()), LogFormat::Json);
         let gateway = Arc::new(Gateway::new(runtime, lasting, log));
-        let token = TokenRecord::new("t", TokenHash::of(b"secret"), vec!["s".into()]);
+        let token = TokenRecord::new(id("t"), TokenHash::of(b"secret"), scopes(&["s"]));
         gateway
             .current
             .set_tokens(TokenIndex::build(vec![token]).unwrap());

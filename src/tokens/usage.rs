@@ -135,6 +135,7 @@ impl TokenUsage {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tokens::id::id;
 
     fn ids(batch: &Batch) -> Vec<(&str, i64)> {
         let mut v: Vec<_> = batch
@@ -200,7 +201,7 @@ mod tests {
         source.ensure_schema().await.unwrap();
         source
             .create(&crate::tokens::TokenRecord::new(
-                "a",
+                id("a"),
                 crate::tokens::TokenHash::of(b"s"),
                 vec![],
             ))

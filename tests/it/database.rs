@@ -21,6 +21,8 @@ use tokio::task::{AbortHandle, JoinHandle};
 
 use crate::support::*;
 
+mod rows;
+
 /// A schema of its own in the test database.
 struct Pg {
     /// The database URL as given (no schema).

@@ -24,13 +24,10 @@ use super::{Fingerprint, SourceError};
 use crate::config::schema::RateSpec;
 use crate::config::yaml::{self, Report};
 use crate::config::{values, ConfigErrors};
-use crate::tokens::{TokenHash, TokenIndex, TokenRecord};
+use crate::tokens::{Scope, TokenHash, TokenId, TokenIndex, TokenRecord};
 
 /// Largest token file accepted; larger deployments belong in a database.
 pub const MAX_FILE_BYTES: usize = 16 << 20;
-
-/// Longest token id accepted.
-pub const MAX_ID_LEN: usize = 128;
 
 /// Header written at the top of a file created by [`FileSource::create`].
 const NEW_FILE_HEADER: &str = "\
@@ -211,13 +208,16 @@ impl FileSource {
     }
 
     /// Sets `disabled: true` on the token `id`. Fails if there is none.
-    pub async fn revoke(&self, id: &str) -> Result<(), SourceError> {
-        let id = id.to_string();
+    pub async fn revoke(&self, id: &TokenId) -> Result<(), SourceError> {
+        let id = id.clone();
         let path = self.path.clone();
         self.update(move |specs, _| {
-            let spec = specs.iter_mut().find(|s| s.id == id).ok_or_else(|| {
-                SourceError::Invalid(format!("no token with id {id:?} in {}", path.display()))
-            })?;
+            let spec = specs
+                .iter_mut()
+                .find(|s| id == s.id.as_str())
+                .ok_or_else(|| {
+                    SourceError::Invalid(format!("no token with id {id:?} in {}", path.display()))
+                })?;
             let changed = spec.disabled != Some(true);
             spec.disabled = Some(true);
             Ok(changed)
@@ -317,9 +317,11 @@ fn parse_file(path: &Path, text: &str) -> Result<(Vec<TokenSpec>, Vec<TokenRecor
 
 /// One entry → record; `None` when a problem was recorded.
 fn record(report: &mut Report<'_>, p: &str, spec: &TokenSpec) -> Option<TokenRecord> {
-    let mut ok = report
-        .check(&format!("{p}.id"), check_id(&spec.id))
-        .is_some();
+    let id = report.check(
+        &format!("{p}.id"),
+        TokenId::parse(&spec.id).map_err(String::from),
+    );
+    let mut ok = id.is_some();
     let hash = match (&spec.sha256, &spec.token) {
         (Some(hex), None) => TokenHash::from_hex(hex).map(|h| (h, false)).or_else(|| {
             report.error(
@@ -345,7 +347,7 @@ fn record(report: &mut Report<'_>, p: &str, spec: &TokenSpec) -> Option<TokenRec
             None
         }
     };
-    let mut scopes: Vec<String> = Vec::new();
+    let mut scopes: Vec<Scope> = Vec::new();
     for (i, s) in spec.scopes.iter().flatten().enumerate() {
         let sp = format!("{p}.scopes[{i}]");
         if s == "*" {
@@ -354,13 +356,15 @@ fn record(report: &mut Report<'_>, p: &str, spec: &TokenSpec) -> Option<TokenRec
                 "\"*\" is for a route's scopes; give the token the all_scope instead",
             );
             ok = false;
-        } else if report.check(&sp, values::scope(s)).is_none() {
-            ok = false;
-        } else if let Some(j) = scopes.iter().position(|x| x == s) {
-            report.error(&sp, format!("{s:?} duplicates {p}.scopes[{j}]"));
+        } else if let Some(scope) = report.check(&sp, Scope::parse(s).map_err(String::from)) {
+            if let Some(j) = scopes.iter().position(|x| *x == scope) {
+                report.error(&sp, format!("duplicates {p}.scopes[{j}]"));
+                ok = false;
+            }
+            scopes.push(scope);
+        } else {
             ok = false;
         }
-        scopes.push(s.clone());
     }
     let read_only = report.bool(&format!("{p}.read_only"), spec.read_only, false);
     let disabled = report.bool(&format!("{p}.disabled"), spec.disabled, false);
@@ -380,6 +384,7 @@ fn record(report: &mut Report<'_>, p: &str, spec: &TokenSpec) -> Option<TokenRec
         .as_ref()
         .map(|r| values::rate(report, &format!("{p}.rate_limit"), r));
     let (hash, from_plaintext) = hash?;
+    let id = id?;
     if !ok
         || expires_at.as_ref().is_some_and(Option::is_none)
         || rate_limit.as_ref().is_some_and(Option::is_none)
@@ -394,33 +399,17 @@ fn record(report: &mut Report<'_>, p: &str, spec: &TokenSpec) -> Option<TokenRec
         disabled,
         description: spec.description.clone(),
         from_plaintext,
-        ..TokenRecord::new(spec.id.clone(), hash, scopes)
+        ..TokenRecord::new(id, hash, scopes)
     })
 }
 
-/// 1 to [`MAX_ID_LEN`] visible ASCII characters: ids go into logs,
-/// metrics and the `X-Tollgate-Token-Id` header.
-fn check_id(id: &str) -> Result<(), String> {
-    if id.is_empty() {
-        return Err("is empty".into());
-    }
-    if id.len() > MAX_ID_LEN || !id.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(format!(
-            "must be 1 to {MAX_ID_LEN} visible ASCII characters without spaces"
-        ));
-    }
-    Ok(())
-}
-
-/// Checks a record about to be written, with errors in CLI terms.
+/// Checks a record about to be written, with errors in CLI terms (its id
+/// and scopes are valid by type; the file also refuses a `*` scope).
 fn check_new_record(r: &TokenRecord) -> Result<(), SourceError> {
-    let invalid = |what: &str, m: String| SourceError::Invalid(format!("{what}: {m}"));
-    check_id(&r.id).map_err(|m| invalid("id", m))?;
-    for s in &r.scopes {
-        values::scope(s).map_err(|m| invalid("scope", m))?;
-        if s == "*" {
-            return Err(invalid("scope", "\"*\" is for a route's scopes".into()));
-        }
+    if r.scopes.iter().any(|s| *s == "*") {
+        return Err(SourceError::Invalid(
+            "scope: \"*\" is for a route's scopes".into(),
+        ));
     }
     Ok(())
 }
@@ -434,10 +423,10 @@ fn spec_of(r: &TokenRecord) -> Result<TokenSpec, SourceError> {
         .transpose()
         .map_err(|e| SourceError::Invalid(format!("expires_at: {e}")))?;
     Ok(TokenSpec {
-        id: r.id.clone(),
+        id: r.id.to_string(),
         sha256: Some(r.hash.to_hex()),
         token: None,
-        scopes: Some(r.scopes.clone()),
+        scopes: Some(r.scopes.iter().map(ToString::to_string).collect()),
         read_only: r.read_only.then_some(true),
         expires_at,
         allowed_ips: (!r.allowed_ips.is_empty())
@@ -585,6 +574,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tokens::id::{id, scopes};
     use std::os::unix::fs::PermissionsExt;
 
     const GRAFANA_HASH: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
@@ -678,7 +668,7 @@ mod tests {
                 "tokens.yaml:6: tokens[1].token: and sha256 are both set; keep one",
                 "tokens.yaml:7: tokens[2]: needs sha256 (the hex SHA-256 of the secret) or, for development, token",
                 "tokens.yaml:8: tokens[2].scopes[0]: \"*\" is for a route's scopes; give the token the all_scope instead",
-                "tokens.yaml:8: tokens[2].scopes[1]: \"a b\" must not contain whitespace",
+                "tokens.yaml:8: tokens[2].scopes[1]: must be visible ASCII characters without spaces",
                 "tokens.yaml:11: tokens[3].read_only: expected true or false (unquoted, lowercase)",
                 "tokens.yaml:12: tokens[3].expires_at: \"next year\" is not an RFC 3339 time such as 2027-01-01T00:00:00Z",
                 "tokens.yaml:13: tokens[3].allowed_ips[0]: \"intranet\" is not an IP address or CIDR such as 10.0.0.0/8, 192.168.1.7 or ::1",
@@ -763,8 +753,12 @@ mod tests {
         }
     }
 
-    fn record(id: &str, secret: &str) -> TokenRecord {
-        TokenRecord::new(id, TokenHash::of(secret.as_bytes()), vec!["scope:a".into()])
+    fn record(name: &str, secret: &str) -> TokenRecord {
+        TokenRecord::new(
+            id(name),
+            TokenHash::of(secret.as_bytes()),
+            scopes(&["scope:a"]),
+        )
     }
 
     #[tokio::test]
@@ -830,11 +824,11 @@ mod tests {
             matches!(dup_hash, Err(SourceError::Invalid(m)) if m.contains("\"plain\" already has this secret"))
         );
 
-        source.revoke("plain").await.unwrap();
+        source.revoke(&id("plain")).await.unwrap();
         let listed = source.list().await.unwrap();
         assert!(!listed[0].disabled);
         assert!(listed[1].disabled);
-        let missing = source.revoke("nobody").await;
+        let missing = source.revoke(&id("nobody")).await;
         assert!(
             matches!(missing, Err(SourceError::Invalid(m)) if m.contains("no token with id \"nobody\""))
         );
@@ -876,9 +870,9 @@ mod tests {
             std::fs::read_to_string(source.path()).unwrap(),
             "tokens:\n  - id: a\n"
         );
-        let bad = TokenRecord::new("has space", TokenHash::of(b"s"), vec![]);
+        let star = TokenRecord::new(id("b"), TokenHash::of(b"s"), scopes(&["*"]));
         assert!(matches!(
-            source.create(&bad).await,
+            source.create(&star).await,
             Err(SourceError::Invalid(_))
         ));
     }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use time::OffsetDateTime;
 use tokio::sync::Notify;
 
-use super::{TokenIndex, TokenRecord};
+use super::{TokenId, TokenIndex, TokenRecord};
 use crate::config::{SourceKind, TokenSourceSettings};
 
 /// Why a source could not be read or written. Never carries a secret.
@@ -119,7 +119,7 @@ impl Source {
 
     /// Disables a token (`disabled` and `updated_at`); an unknown id is an
     /// error, and so is a custom-query source.
-    pub async fn revoke(&self, id: &str) -> Result<(), SourceError> {
+    pub async fn revoke(&self, id: &TokenId) -> Result<(), SourceError> {
         match self {
             Source::File(s) => s.revoke(id).await,
             Source::Sqlite(s) => s.revoke(id).await,
@@ -247,10 +247,15 @@ pub(crate) mod shared_tests {
 
     use super::{sql, Source};
     use crate::ratelimit::test_rate;
+    use crate::tokens::id::{id, scopes};
     use crate::tokens::{TokenHash, TokenRecord};
 
-    pub fn record(id: &str, secret: &str) -> TokenRecord {
-        TokenRecord::new(id, TokenHash::of(secret.as_bytes()), vec!["scope:a".into()])
+    pub fn record(name: &str, secret: &str) -> TokenRecord {
+        TokenRecord::new(
+            id(name),
+            TokenHash::of(secret.as_bytes()),
+            scopes(&["scope:a"]),
+        )
     }
 
     /// Create two tokens, read them back column for column, refuse a
@@ -289,12 +294,12 @@ pub(crate) mod shared_tests {
             "this secret is already stored as token \"bare\""
         );
 
-        source.revoke("bare").await.unwrap();
+        source.revoke(&id("bare")).await.unwrap();
         let after = source.load().await.unwrap();
         assert_eq!(after.len(), 2, "a refused create stored nothing");
         assert!(after[0].disabled && !after[1].disabled);
         assert!(after[0].updated_at >= after[0].created_at);
-        let err = source.revoke("nope").await.unwrap_err();
+        let err = source.revoke(&id("nope")).await.unwrap_err();
         assert_eq!(err.to_string(), "no token with id \"nope\"");
     }
 }

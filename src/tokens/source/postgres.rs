@@ -19,7 +19,7 @@ use tokio::task::AbortHandle;
 
 use super::sql::{self, Cells, Shape, Stored};
 use super::{Fingerprint, Loaded, SourceError};
-use crate::tokens::{TokenIndex, TokenRecord};
+use crate::tokens::{TokenId, TokenIndex, TokenRecord};
 
 /// The channel the trigger notifies and every gateway listens on.
 pub const CHANNEL: &str = "tollgate_tokens";
@@ -261,18 +261,18 @@ impl PostgresSource {
 
     /// Sets `disabled` and `updated_at`; an unknown id is an error. The
     /// trigger announces it, so running gateways stop accepting the token.
-    pub async fn revoke(&self, id: &str) -> Result<(), SourceError> {
+    pub async fn revoke(&self, id: &TokenId) -> Result<(), SourceError> {
         self.writable()?;
         let done = sqlx::query(
             "UPDATE tollgate_tokens SET disabled = true, updated_at = $2 WHERE id = $1",
         )
-        .bind(id)
+        .bind(id.as_str())
         .bind(sql::now())
         .execute(self.pool().await?)
         .await
         .map_err(|e| self.db_error(e))?;
         match done.rows_affected() {
-            0 => Err(sql::no_such_token(id)),
+            0 => Err(sql::no_such_token(id.as_str())),
             _ => Ok(()),
         }
     }
@@ -560,6 +560,7 @@ mod tests {
     //! that assert on notifications (which are database-wide) run alone.
 
     use super::*;
+    use crate::tokens::id::{id, scopes};
     use crate::tokens::source::shared_tests::{self, record};
     use crate::tokens::TokenHash;
     use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -725,7 +726,7 @@ mod tests {
             hash.to_hex()
         ))
         .await;
-        let mut want = TokenRecord::new("grafana", hash, vec!["scope:a".into(), "scope:b".into()]);
+        let mut want = TokenRecord::new(id("grafana"), hash, scopes(&["scope:a", "scope:b"]));
         want.read_only = true;
         want.expires_at = Some(t("2027-01-01T00:00:00Z"));
         want.allowed_ips = vec![
@@ -816,7 +817,7 @@ mod tests {
             .unwrap();
         assert_eq!(load_index(&source, Some(&first)).await.1, Loaded::Unchanged);
 
-        source.revoke("a").await.unwrap();
+        source.revoke(&id("a")).await.unwrap();
         let (index, loaded) = load_index(&source, Some(&first)).await;
         let index = index.expect("a revocation is a change");
         assert!(index.find_id("a").unwrap().disabled);
@@ -892,15 +893,15 @@ mod tests {
         let mut got = source.load().await.unwrap();
         got.sort_by(|a, b| a.id.cmp(&b.id));
         let mut one = TokenRecord::new(
-            "nb-1",
+            id("nb-1"),
             TokenHash::of(b"0123456789abcdef0123456789abcdef01234567"),
-            vec!["scope:all".into()],
+            scopes(&["scope:all"]),
         );
         one.from_plaintext = true;
         let mut two = TokenRecord::new(
-            "nb-2",
+            id("nb-2"),
             TokenHash::of(b"fedcba9876543210fedcba9876543210fedcba98"),
-            vec!["scope:all".into()],
+            scopes(&["scope:all"]),
         );
         two.from_plaintext = true;
         two.read_only = true;
@@ -920,7 +921,7 @@ mod tests {
         );
         for err in [
             source.create(&record("x", "y")).await.unwrap_err(),
-            source.revoke("nb-1").await.unwrap_err(),
+            source.revoke(&id("nb-1")).await.unwrap_err(),
         ] {
             assert!(matches!(&err, SourceError::Unsupported(m) if m == sql::READ_ONLY_QUERY));
         }
@@ -1076,7 +1077,7 @@ mod tests {
             notified(&changed, Duration::from_secs(5)).await,
             "no notice on reconnect"
         );
-        writer.revoke("a").await.unwrap();
+        writer.revoke(&id("a")).await.unwrap();
         assert!(
             notified(&changed, Duration::from_secs(5)).await,
             "revoke not reported"

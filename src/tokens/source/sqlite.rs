@@ -20,7 +20,7 @@ use tokio::sync::Notify;
 
 use super::sql::{self, Cells, Shape, Stored};
 use super::SourceError;
-use crate::tokens::{TokenIndex, TokenRecord};
+use crate::tokens::{TokenId, TokenIndex, TokenRecord};
 
 const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS tollgate_tokens (
     id            TEXT PRIMARY KEY NOT NULL,
@@ -162,17 +162,17 @@ impl SqliteSource {
     }
 
     /// Sets `disabled` and `updated_at`; an unknown id is an error.
-    pub async fn revoke(&self, id: &str) -> Result<(), SourceError> {
+    pub async fn revoke(&self, id: &TokenId) -> Result<(), SourceError> {
         self.writable()?;
         let done =
             sqlx::query("UPDATE tollgate_tokens SET disabled = 1, updated_at = ?2 WHERE id = ?1")
-                .bind(id)
+                .bind(id.as_str())
                 .bind(sql::format_time(sql::now()))
                 .execute(&self.pool().await?)
                 .await
                 .map_err(|e| self.db_error(e))?;
         match done.rows_affected() {
-            0 => Err(sql::no_such_token(id)),
+            0 => Err(sql::no_such_token(id.as_str())),
             _ => Ok(()),
         }
     }
@@ -381,6 +381,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tokens::id::id;
     use crate::tokens::source::shared_tests::{self, record};
     use crate::tokens::TokenHash;
 
@@ -545,7 +546,7 @@ mod tests {
         );
         for err in [
             source.create(&record("x", "y")).await.unwrap_err(),
-            source.revoke("k-1").await.unwrap_err(),
+            source.revoke(&id("k-1")).await.unwrap_err(),
         ] {
             assert!(matches!(&err, SourceError::Unsupported(m) if m == sql::READ_ONLY_QUERY));
         }
