@@ -234,11 +234,9 @@ async fn load_once(
 /// Makes `index` the one requests are judged by, and drops limiter and
 /// usage state of tokens that are gone.
 fn install(gateway: &Gateway, index: TokenIndex) {
-    gateway
-        .lasting
-        .metrics
-        .tokens_loaded
-        .set(index.len() as i64);
+    let metrics = &gateway.lasting.metrics;
+    metrics.tokens_loaded.set(index.len() as i64);
+    metrics.token_rows_invalid.set(index.rows_invalid() as i64);
     tracing::debug!(tokens = index.len(), "token index loaded");
     let limiters = &gateway.lasting.limiters;
     if !limiters.is_empty() {

@@ -2,8 +2,12 @@
 //! PostgreSQL), how changes are noticed, and the writes behind
 //! `tollgate token …`.
 //!
-//! Invariant: a load is all-or-nothing — `load` returns every record of a
-//! consistent, fully validated read, or an error; never a partial list.
+//! Invariant: a read that fails part-way returns an error, never a partial
+//! list. A token file is all-or-nothing; on a database source a row that
+//! was read completely but is invalid is skipped, reported (by its id or
+//! row number, never a value) and counted, and every other row applies.
+
+pub use sql::InvalidRow;
 
 pub mod file;
 pub mod postgres;
@@ -60,6 +64,14 @@ pub enum Loaded {
     /// A complete, validated index was handed to `apply`; with the
     /// fingerprint of its rows where the source can take one.
     Applied(Option<Fingerprint>),
+}
+
+/// Every valid record of one complete read, and the rows it skipped.
+#[derive(Debug, Default)]
+pub struct Rows {
+    pub records: Vec<TokenRecord>,
+    /// Rows of a database source skipped as invalid (none for a file).
+    pub invalid: Vec<InvalidRow>,
 }
 
 /// A configured token source.
@@ -138,7 +150,19 @@ impl Source {
         }
     }
 
-    /// Reads every token; all-or-nothing.
+    /// Reads every token and the rows skipped as invalid, for `tollgate
+    /// check` (which lists them).
+    pub async fn read(&self) -> Result<Rows, SourceError> {
+        let (records, invalid) = match self {
+            Source::File(s) => (s.load().await?, Vec::new()),
+            Source::Sqlite(s) => s.read().await?,
+            Source::Postgres(s) => s.read().await?,
+        };
+        Ok(Rows { records, invalid })
+    }
+
+    /// Reads every valid token (invalid database rows are skipped, as a
+    /// gateway skips them).
     pub async fn load(&self) -> Result<Vec<TokenRecord>, SourceError> {
         match self {
             Source::File(s) => s.load().await,
@@ -148,8 +172,9 @@ impl Source {
     }
 
     /// Reads every token straight into an index (rows are streamed, not
-    /// collected first) and hands it to `apply`; all-or-nothing: `apply` is
-    /// called with a complete, validated index or not at all. Given the
+    /// collected first) and hands it to `apply`: `apply` is called with the
+    /// index of a complete read or not at all; invalid database rows are
+    /// skipped, logged once and counted in [`TokenIndex::rows_invalid`]. Given the
     /// fingerprint of the last load, a source that takes fingerprints
     /// (PostgreSQL) answers [`Loaded::Unchanged`] when the rows are the
     /// same, without reading them; the file source fingerprints the file's

@@ -17,7 +17,7 @@ use time::{OffsetDateTime, PrimitiveDateTime};
 use tokio::sync::{Notify, OnceCell};
 use tokio::task::AbortHandle;
 
-use super::sql::{self, Cells, Shape, Stored};
+use super::sql::{self, Bad, Cells, InvalidRow, Shape, Stored};
 use super::{Fingerprint, Loaded, SourceError};
 use crate::tokens::{TokenId, TokenIndex, TokenRecord};
 
@@ -78,6 +78,7 @@ pub struct PostgresSource {
     query: Option<String>,
     pool: OnceCell<PgPool>,
     listener: Mutex<Option<AbortHandle>>,
+    reported: sql::Reported,
 }
 
 impl PostgresSource {
@@ -94,6 +95,7 @@ impl PostgresSource {
             query,
             pool: OnceCell::new(),
             listener: Mutex::new(None),
+            reported: sql::Reported::default(),
         }
     }
 
@@ -105,8 +107,15 @@ impl PostgresSource {
         }
     }
 
-    /// Reads every token in one `SELECT` (one snapshot); all-or-nothing.
+    /// The valid tokens of one `SELECT` (one snapshot; invalid rows
+    /// skipped).
     pub async fn load(&self) -> Result<Vec<TokenRecord>, SourceError> {
+        Ok(self.read().await?.0)
+    }
+
+    /// Reads every token in one `SELECT`: the valid records and the rows
+    /// skipped as invalid. A failure part-way is an error.
+    pub async fn read(&self) -> Result<(Vec<TokenRecord>, Vec<InvalidRow>), SourceError> {
         let pool = self.pool().await?;
         let sql = self.query.clone().unwrap_or_else(sql::default_query);
         let read = async {
@@ -133,6 +142,8 @@ impl PostgresSource {
     /// stops there when it is the same; after `apply` it takes the new
     /// fingerprint in the same snapshot. The default query leaves out
     /// `last_used_at`, so recorded uses never count as a change.
+    /// An invalid row is skipped (and logged once); a failure part-way
+    /// applies nothing.
     pub async fn load_index(
         &self,
         previous: Option<&Fingerprint>,
@@ -159,7 +170,8 @@ impl PostgresSource {
                 .map_err(|p| SourceError::Invalid(format!("{}: {p}", self.origin())))?;
             let rows = before.as_ref().map_or(0, |(_, rows)| *rows);
             let stream = statement.query().fetch(&mut *tx);
-            let index = sql::build(self.origin(), &shape, rows, stream, db).await?;
+            let (index, invalid) = sql::build(self.origin(), &shape, rows, stream, db).await?;
+            self.reported.log(self.origin(), invalid);
             Ok(Some((tx, index, before.map(|(f, _)| f))))
         };
         let read = tokio::time::timeout(sql::QUERY_TIMEOUT, read)
@@ -489,7 +501,7 @@ async fn subscribe(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
 }
 
 impl Cells for PgRow {
-    fn text(&self, i: usize) -> Result<Option<String>, String> {
+    fn text(&self, i: usize) -> Result<Option<String>, Bad> {
         match sql_type(self, i)? {
             None => Ok(None),
             Some(ty) if is::<String>(&ty) => decode(self, i).map(Some),
@@ -497,18 +509,18 @@ impl Cells for PgRow {
         }
     }
 
-    fn boolean(&self, i: usize) -> Result<Option<bool>, String> {
+    fn boolean(&self, i: usize) -> Result<Option<bool>, Bad> {
         match sql_type(self, i)? {
             None => Ok(None),
             Some(ty) if is::<bool>(&ty) => decode(self, i).map(Some),
             Some(ty) if is::<i16>(&ty) || is::<i32>(&ty) || is::<i64>(&ty) => {
-                self.integer(i)?.map(sql::int_bool).transpose()
+                Ok(self.integer(i)?.map(sql::int_bool).transpose()?)
             }
             Some(ty) => Err(mismatch(&ty, "boolean")),
         }
     }
 
-    fn integer(&self, i: usize) -> Result<Option<i64>, String> {
+    fn integer(&self, i: usize) -> Result<Option<i64>, Bad> {
         match sql_type(self, i)? {
             None => Ok(None),
             Some(ty) if is::<i32>(&ty) => decode::<i32>(self, i).map(|n| Some(n.into())),
@@ -518,23 +530,27 @@ impl Cells for PgRow {
         }
     }
 
-    fn timestamp(&self, i: usize) -> Result<Option<OffsetDateTime>, String> {
+    fn timestamp(&self, i: usize) -> Result<Option<OffsetDateTime>, Bad> {
         match sql_type(self, i)? {
             None => Ok(None),
             Some(ty) if is::<OffsetDateTime>(&ty) => decode(self, i).map(Some),
-            Some(ty) if is::<String>(&ty) => sql::parse_time(&decode::<String>(self, i)?).map(Some),
-            Some(ty) if is::<PrimitiveDateTime>(&ty) => Err(
+            Some(ty) if is::<String>(&ty) => {
+                Ok(Some(sql::parse_time(&decode::<String>(self, i)?)?))
+            }
+            Some(ty) if is::<PrimitiveDateTime>(&ty) => Err(Bad::Type(
                 "is a timestamp without time zone; convert it, e.g. `expires AT TIME ZONE 'UTC'`"
                     .into(),
-            ),
+            )),
             Some(ty) => Err(mismatch(&ty, "timestamptz or RFC 3339 text")),
         }
     }
 }
 
 /// The type of a non-NULL cell.
-fn sql_type(row: &PgRow, i: usize) -> Result<Option<PgTypeInfo>, String> {
-    let value = row.try_get_raw(i).map_err(sql::one_line)?;
+fn sql_type(row: &PgRow, i: usize) -> Result<Option<PgTypeInfo>, Bad> {
+    let value = row
+        .try_get_raw(i)
+        .map_err(|e| Bad::Type(sql::one_line(e)))?;
     Ok((!value.is_null()).then(|| value.type_info().into_owned()))
 }
 
@@ -542,15 +558,17 @@ fn is<T: Type<Postgres>>(ty: &PgTypeInfo) -> bool {
     T::compatible(ty)
 }
 
+/// A cell of a type already checked to fit; a failure is the column's.
 fn decode<'r, T: Decode<'r, Postgres> + Type<Postgres>>(
     row: &'r PgRow,
     i: usize,
-) -> Result<T, String> {
-    row.try_get(i).map_err(sql::one_line)
+) -> Result<T, Bad> {
+    row.try_get(i).map_err(|e| Bad::Type(sql::one_line(e)))
 }
 
-fn mismatch(ty: &PgTypeInfo, expected: &str) -> String {
-    format!("has SQL type {}, expected {expected}", ty.name())
+/// PostgreSQL types are per column, so a wrong one fails the whole load.
+fn mismatch(ty: &PgTypeInfo, expected: &str) -> Bad {
+    Bad::Type(format!("has SQL type {}, expected {expected}", ty.name()))
 }
 
 #[cfg(test)]
@@ -746,7 +764,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn one_invalid_row_fails_the_whole_load() {
+    async fn an_invalid_row_is_skipped_and_read_names_it_by_id_and_column() {
         let Some(db) = TestDb::new(false).await else {
             return;
         };
@@ -759,19 +777,21 @@ mod tests {
             TokenHash::of(b"s2").to_hex()
         ))
         .await;
-        let err = source.load().await.unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "postgres: token \"bad\": allowed_ips: \"not-an-ip\" is not an IP address or CIDR"
-        );
+        let problem = || async {
+            let (records, invalid) = source.read().await.unwrap();
+            assert_eq!(records.len(), 1);
+            assert_eq!(records[0].id, "good");
+            assert_eq!(invalid.len(), 1);
+            invalid[0].to_string()
+        };
+        assert!(problem().await.starts_with("token \"bad\": allowed_ips: "));
         db.exec(
             "UPDATE tollgate_tokens SET allowed_ips = NULL, rate_per_ms = 1000 WHERE id = 'bad'",
         )
         .await;
-        let err = source.load().await.unwrap_err();
         assert_eq!(
-            err.to_string(),
-            "postgres: token \"bad\": rate_requests: is null while rate_per_ms or rate_burst is set"
+            problem().await,
+            "token \"bad\": rate_requests: is null while rate_per_ms or rate_burst is set"
         );
         db.exec("UPDATE tollgate_tokens SET rate_requests = 5 WHERE id = 'bad'")
             .await;
@@ -825,28 +845,28 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn load_index_is_all_or_nothing_and_applies_nothing_on_a_bad_row() {
+    async fn load_index_applies_nothing_on_a_duplicate_and_skips_only_a_bad_row() {
         let Some(db) = TestDb::new(false).await else {
             return;
         };
         let same_secret = "SELECT 'a' AS id, 'x' AS token, 's' AS scopes \
                            UNION ALL SELECT 'b', 'x', 's'";
+        let mut applied = false;
+        let err = db
+            .source(Some(same_secret))
+            .load_index(None, |_| applied = true)
+            .await
+            .unwrap_err();
+        assert!(!applied);
+        assert!(err.to_string().contains("hash duplicates"), "{err}");
+        assert!(!err.to_string().contains(&TokenHash::of(b"x").to_hex()));
+
         let bad_ip = "SELECT 'a' AS id, 'x' AS token, 's' AS scopes, NULL AS allowed_ips \
                       UNION ALL SELECT 'b', 'y', 's', '10.0.0.0/8 nope'";
-        for (query, problem) in [
-            (same_secret, "hash duplicates"),
-            (bad_ip, "token \"b\": allowed_ips"),
-        ] {
-            let mut applied = false;
-            let err = db
-                .source(Some(query))
-                .load_index(None, |_| applied = true)
-                .await
-                .unwrap_err();
-            assert!(!applied, "{query}");
-            assert!(err.to_string().contains(problem), "{err}");
-            assert!(!err.to_string().contains(&TokenHash::of(b"x").to_hex()));
-        }
+        let (index, _) = load_index(&db.source(Some(bad_ip)), None).await;
+        let index = index.expect("the good row applies");
+        assert_eq!((index.len(), index.rows_invalid()), (1, 1));
+        assert!(index.contains_id("a") && !index.contains_id("b"));
     }
 
     #[tokio::test]

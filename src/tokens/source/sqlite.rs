@@ -18,7 +18,7 @@ use sqlx::{
 use time::OffsetDateTime;
 use tokio::sync::Notify;
 
-use super::sql::{self, Cells, Shape, Stored};
+use super::sql::{self, Bad, Cells, InvalidRow, Shape, Stored};
 use super::SourceError;
 use crate::tokens::{TokenId, TokenIndex, TokenRecord};
 
@@ -46,6 +46,7 @@ pub struct SqliteSource {
     /// The pool and the identity of the file it was opened on.
     pool: Mutex<Option<(SqlitePool, Option<FileId>)>>,
     watcher: Mutex<Option<notify::RecommendedWatcher>>,
+    reported: sql::Reported,
 }
 
 impl SqliteSource {
@@ -57,12 +58,19 @@ impl SqliteSource {
             query,
             pool: Mutex::new(None),
             watcher: Mutex::new(None),
+            reported: sql::Reported::default(),
         }
     }
 
-    /// Reads every token in one `SELECT`; all-or-nothing. A missing file
-    /// is `Unavailable`.
+    /// The valid tokens of one `SELECT` (invalid rows skipped). A missing
+    /// file is `Unavailable`.
     pub async fn load(&self) -> Result<Vec<TokenRecord>, SourceError> {
+        Ok(self.read().await?.0)
+    }
+
+    /// Reads every token in one `SELECT`: the valid records and the rows
+    /// skipped as invalid. A failure part-way is an error.
+    pub async fn read(&self) -> Result<(Vec<TokenRecord>, Vec<InvalidRow>), SourceError> {
         let pool = self.pool().await?;
         let sql = self.query.clone().unwrap_or_else(sql::default_query);
         let read = async {
@@ -82,8 +90,9 @@ impl SqliteSource {
             .unwrap_or_else(|_| Err(self.unavailable("the query timed out")))
     }
 
-    /// Streams every token straight into an index, in one `SELECT`;
-    /// all-or-nothing.
+    /// Streams every token straight into an index, in one `SELECT`; an
+    /// invalid row is skipped (and logged once), a failure part-way is an
+    /// error.
     pub async fn load_index(&self) -> Result<TokenIndex, SourceError> {
         let pool = self.pool().await?;
         let sql = self.query.clone().unwrap_or_else(sql::index_query);
@@ -97,9 +106,11 @@ impl SqliteSource {
             let stream = statement.query().fetch(&mut *conn);
             sql::build(&origin, &shape, 0, stream, db).await
         };
-        tokio::time::timeout(sql::QUERY_TIMEOUT, read)
+        let (index, invalid) = tokio::time::timeout(sql::QUERY_TIMEOUT, read)
             .await
-            .unwrap_or_else(|_| Err(self.unavailable("the query timed out")))
+            .unwrap_or_else(|_| Err(self.unavailable("the query timed out")))?;
+        self.reported.log(&origin, invalid);
+        Ok(index)
     }
 
     /// Creates the database file and `tollgate_tokens` when missing. A
@@ -343,29 +354,30 @@ fn touches(paths: &[PathBuf], names: &[OsString]) -> bool {
         .any(|n| names.iter().any(|w| w == n))
 }
 
+/// SQLite types are per cell, so a wrong one is that row's problem.
 impl Cells for SqliteRow {
-    fn text(&self, i: usize) -> Result<Option<String>, String> {
+    fn text(&self, i: usize) -> Result<Option<String>, Bad> {
         get(self, i, "text")
     }
 
-    fn boolean(&self, i: usize) -> Result<Option<bool>, String> {
-        get::<i64>(self, i, "a boolean (0 or 1)")?
+    fn boolean(&self, i: usize) -> Result<Option<bool>, Bad> {
+        Ok(get::<i64>(self, i, "a boolean (0 or 1)")?
             .map(sql::int_bool)
-            .transpose()
+            .transpose()?)
     }
 
-    fn integer(&self, i: usize) -> Result<Option<i64>, String> {
+    fn integer(&self, i: usize) -> Result<Option<i64>, Bad> {
         get(self, i, "an integer")
     }
 
-    fn timestamp(&self, i: usize) -> Result<Option<OffsetDateTime>, String> {
-        get::<String>(self, i, "RFC 3339 text")?
+    fn timestamp(&self, i: usize) -> Result<Option<OffsetDateTime>, Bad> {
+        Ok(get::<String>(self, i, "RFC 3339 text")?
             .map(|t| sql::parse_time(&t))
-            .transpose()
+            .transpose()?)
     }
 }
 
-fn get<'r, T>(row: &'r SqliteRow, i: usize, expected: &str) -> Result<Option<T>, String>
+fn get<'r, T>(row: &'r SqliteRow, i: usize, expected: &str) -> Result<Option<T>, Bad>
 where
     T: Decode<'r, Sqlite> + Type<Sqlite>,
 {
@@ -374,7 +386,7 @@ where
             .try_get_raw(i)
             .map(|v| v.type_info().name().to_owned())
             .unwrap_or_default();
-        format!("holds {ty}, expected {expected}")
+        Bad::Value(format!("holds {ty}, expected {expected}"))
     })
 }
 
@@ -428,7 +440,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn load_index_streams_every_row_and_refuses_the_whole_table_for_one_bad_row() {
+    async fn load_index_streams_every_row_and_skips_only_a_bad_one() {
         let (_dir, path) = temp();
         let source = SqliteSource::new(path.clone(), None);
         source.ensure_schema().await.unwrap();
@@ -457,11 +469,10 @@ mod tests {
             "UPDATE tollgate_tokens SET expires_at = 'soon' WHERE id = 't4999'",
         )
         .await;
-        let err = source.load_index().await.unwrap_err();
-        assert!(
-            err.to_string().contains("token \"t4999\": expires_at"),
-            "{err}"
-        );
+        let index = source.load_index().await.unwrap();
+        assert_eq!((index.len(), index.rows_invalid()), (4_999, 1));
+        assert!(index.get(&TokenHash::of(b"s4999")).is_none());
+        assert!(index.get(&TokenHash::of(b"s4998")).is_some());
     }
 
     #[tokio::test]
@@ -483,7 +494,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn one_invalid_row_fails_the_whole_load() {
+    async fn an_invalid_row_is_skipped_and_read_names_it_by_id_and_column() {
         let (_dir, path) = temp();
         let source = SqliteSource::new(path.clone(), None);
         source.ensure_schema().await.unwrap();
@@ -494,32 +505,30 @@ mod tests {
              VALUES ('bad', 'abcd', 's', 0)",
         )
         .await;
-        let err = source.load().await.unwrap_err();
+        let problem = || async {
+            let (records, invalid) = source.read().await.unwrap();
+            assert_eq!(records.len(), 1);
+            assert_eq!(records[0].id, "good");
+            assert_eq!(invalid.len(), 1);
+            invalid[0].to_string()
+        };
         assert_eq!(
-            err.to_string(),
-            format!(
-                "sqlite {}: token \"bad\": sha256: is not 64 lowercase hex characters",
-                path.display()
-            )
+            problem().await,
+            "token \"bad\": sha256: is not 64 lowercase hex characters"
         );
         raw(&path, "UPDATE tollgate_tokens SET sha256 = printf('%064d', 0), read_only = 2 WHERE id = 'bad'").await;
-        let err = source.load().await.unwrap_err();
-        assert!(
-            err.to_string()
-                .ends_with("token \"bad\": read_only: 2 is not a boolean (0 or 1)"),
-            "{err}"
-        );
+        assert!(problem()
+            .await
+            .ends_with("token \"bad\": read_only: is not a boolean (0 or 1)"),);
         raw(
             &path,
             "UPDATE tollgate_tokens SET read_only = 'yes' WHERE id = 'bad'",
         )
         .await;
-        let err = source.load().await.unwrap_err();
-        assert!(
-            err.to_string()
-                .ends_with("read_only: holds TEXT, expected a boolean (0 or 1)"),
-            "{err}"
-        );
+        assert!(problem()
+            .await
+            .ends_with("read_only: holds TEXT, expected a boolean (0 or 1)"));
+        assert_eq!(source.load().await.unwrap().len(), 1);
     }
 
     #[tokio::test]

@@ -45,3 +45,81 @@ async fn postgres_token_create_refuses_an_id_with_a_space() {
     let gw = Gw::start_unready(&postgres_config(up.addr, &pg.url, "30s"), "").await;
     an_id_with_a_space_is_refused_and_nothing_is_stored(&gw.path("gateway.yaml")).await;
 }
+
+/// Two tokens made by the CLI and a third row written by another
+/// application with an id the rule refuses.
+const BAD_ID: &str = "ops bot";
+
+/// The other rows authenticate, the bad one does not, the gauge says 1,
+/// and `check` exits 1 naming the row by position (its id is invalid, so
+/// it is not quoted).
+async fn one_bad_row_of_three_is_skipped(
+    gw: &Gw,
+    insert_bad: impl std::future::Future<Output = ()>,
+) {
+    let config = gw.path("gateway.yaml");
+    let alpha = create(&config, "alpha").await;
+    let beta = create(&config, "beta").await;
+    insert_bad.await;
+    wait_ready(gw, Duration::from_secs(10)).await;
+    within(Duration::from_secs(5), "the bad row counted", || async {
+        metrics(gw).await.contains("tollgate_token_rows_invalid 1")
+    })
+    .await;
+    wait_tokens(gw, 2).await;
+    assert_eq!(status(gw, &alpha).await, 200);
+    assert_eq!(status(gw, &beta).await, 200);
+    assert_eq!(status(gw, "the-bad-rows-secret").await, 401);
+    let m = metrics(gw).await;
+    assert!(m.contains("tollgate_tokens_loaded 2"), "{m}");
+    assert!(m.contains("tollgate_token_source_up 1"), "{m}");
+
+    let out = tollgate(&config, &["check"]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            "tokens: row 3: id: must be 1 to 128 visible ASCII characters without spaces"
+        ),
+        "{stderr}"
+    );
+    assert!(stderr.contains("1 invalid row(s)"), "{stderr}");
+    assert!(
+        !stderr.contains(BAD_ID),
+        "check quoted the bad id: {stderr}"
+    );
+}
+
+fn bad_row_insert() -> String {
+    format!(
+        "INSERT INTO tollgate_tokens (id, sha256, scopes) VALUES ('{BAD_ID}', '{}', 'scope:agent-ui')",
+        sha("the-bad-rows-secret")
+    )
+}
+
+#[tokio::test]
+async fn sqlite_a_row_with_an_invalid_id_is_skipped_and_the_others_serve() {
+    let up = Upstream::start().await;
+    let gw = Gw::start_unready(&sqlite_config(up.addr, "200ms"), "").await;
+    let db = gw.path("tokens.db");
+    one_bad_row_of_three_is_skipped(&gw, async {
+        use sqlx::Connection;
+        let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+            .await
+            .unwrap();
+        sqlx::raw_sql(&bad_row_insert())
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        conn.close().await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn postgres_a_row_with_an_invalid_id_is_skipped_and_the_others_serve() {
+    let Some(pg) = Pg::new().await else { return };
+    let up = Upstream::start().await;
+    let gw = Gw::start_unready(&postgres_config(up.addr, &pg.url, "30s"), "").await;
+    one_bad_row_of_three_is_skipped(&gw, pg.exec(&bad_row_insert())).await;
+}
