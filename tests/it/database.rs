@@ -22,6 +22,7 @@ use tokio::task::{AbortHandle, JoinHandle};
 use crate::support::*;
 
 mod rows;
+mod secrets;
 
 /// A schema of its own in the test database.
 struct Pg {

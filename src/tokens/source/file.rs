@@ -20,7 +20,7 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use tokio::sync::Notify;
 
-use super::{Fingerprint, SourceError};
+use super::{sql, Fingerprint, SourceError};
 use crate::config::schema::RateSpec;
 use crate::config::yaml::{self, Report};
 use crate::config::{values, ConfigErrors};
@@ -357,9 +357,16 @@ fn record(report: &mut Report<'_>, p: &str, spec: &TokenSpec) -> Option<TokenRec
             );
             ok = false;
         } else if let Some(scope) = report.check(&sp, Scope::parse(s).map_err(String::from)) {
-            if let Some(j) = scopes.iter().position(|x| *x == scope) {
-                report.error(&sp, format!("duplicates {p}.scopes[{j}]"));
-                ok = false;
+            if let Some(j) = spec
+                .scopes
+                .iter()
+                .flatten()
+                .position(|x| scope == x.as_str())
+            {
+                if j < i {
+                    report.error(&sp, format!("duplicates {p}.scopes[{j}]"));
+                    ok = false;
+                }
             }
             scopes.push(scope);
         } else {
@@ -368,21 +375,19 @@ fn record(report: &mut Report<'_>, p: &str, spec: &TokenSpec) -> Option<TokenRec
     }
     let read_only = report.bool(&format!("{p}.read_only"), spec.read_only, false);
     let disabled = report.bool(&format!("{p}.disabled"), spec.disabled, false);
+    // No value of an entry is quoted back: a secret pasted into the wrong
+    // key must not reach `check`, a refused reload or the log.
     let expires_at = spec.expires_at.as_deref().map(|s| {
-        let r = OffsetDateTime::parse(s, &Rfc3339)
-            .map_err(|_| format!("{s:?} is not an RFC 3339 time such as 2027-01-01T00:00:00Z"));
+        let r = OffsetDateTime::parse(s, &Rfc3339).map_err(|_| sql::NOT_A_TIME.to_owned());
         report.check(&format!("{p}.expires_at"), r)
     });
     let mut allowed_ips = Vec::new();
     for (i, s) in spec.allowed_ips.iter().flatten().enumerate() {
-        let r = report.check(&format!("{p}.allowed_ips[{i}]"), values::ip_net(s));
+        let r = report.check(&format!("{p}.allowed_ips[{i}]"), sql::parse_ip(s));
         ok &= r.is_some();
         allowed_ips.extend(r);
     }
-    let rate_limit = spec
-        .rate_limit
-        .as_ref()
-        .map(|r| values::rate(report, &format!("{p}.rate_limit"), r));
+    let rate_limit = spec.rate_limit.as_ref().map(|r| rate(report, p, r));
     let (hash, from_plaintext) = hash?;
     let id = id?;
     if !ok
@@ -401,6 +406,26 @@ fn record(report: &mut Report<'_>, p: &str, spec: &TokenSpec) -> Option<TokenRec
         from_plaintext,
         ..TokenRecord::new(id, hash, scopes)
     })
+}
+
+/// `rate_limit` as `values::rate` checks it, but with a message for `per`
+/// that does not quote it.
+fn rate(report: &mut Report<'_>, p: &str, spec: &RateSpec) -> Option<crate::config::Rate> {
+    let path = format!("{p}.rate_limit");
+    if values::duration(&spec.per, false).is_ok() {
+        return values::rate(report, &path, spec);
+    }
+    report.error(
+        &format!("{path}.per"),
+        "is not a duration greater than zero (e.g. 1s, 500ms, 1m)",
+    );
+    // Still reports what else is wrong with the entry's rate.
+    let checked = RateSpec {
+        per: "1s".into(),
+        ..spec.clone()
+    };
+    values::rate(report, &path, &checked);
+    None
 }
 
 /// Checks a record about to be written, with errors in CLI terms (its id
@@ -670,8 +695,8 @@ mod tests {
                 "tokens.yaml:8: tokens[2].scopes[0]: \"*\" is for a route's scopes; give the token the all_scope instead",
                 "tokens.yaml:8: tokens[2].scopes[1]: must be visible ASCII characters without spaces",
                 "tokens.yaml:11: tokens[3].read_only: expected true or false (unquoted, lowercase)",
-                "tokens.yaml:12: tokens[3].expires_at: \"next year\" is not an RFC 3339 time such as 2027-01-01T00:00:00Z",
-                "tokens.yaml:13: tokens[3].allowed_ips[0]: \"intranet\" is not an IP address or CIDR such as 10.0.0.0/8, 192.168.1.7 or ::1",
+                "tokens.yaml:12: tokens[3].expires_at: is not an RFC 3339 time (e.g. 2027-01-01T00:00:00Z)",
+                "tokens.yaml:13: tokens[3].allowed_ips[0]: is not an IP address or CIDR (e.g. 10.0.0.0/8, 192.168.1.7 or ::1)",
                 "tokens.yaml:14: tokens[3].rate_limit.requests: must be at least 1",
             ]
         );
@@ -734,6 +759,37 @@ mod tests {
         let text = format!("tokens:\n  - id: b\n    sha256: {GRAFANA_HASH}x\n");
         let all = errors(&text).join("\n");
         assert!(!all.contains(&GRAFANA_HASH[..16]), "{all}");
+    }
+
+    /// A secret pasted into the wrong key: every message names the file,
+    /// the line and the key, and none quotes the value (a boolean key is
+    /// `errors_never_quote_a_secret_or_a_hash`'s).
+    #[test]
+    fn a_secret_in_any_key_is_never_quoted_back() {
+        const SECRET: &str = "tg_ThisIsASecretPastedByMistake0123";
+        let text = format!(
+            "tokens:
+  - id: {SECRET} x
+    sha256: {SECRET}
+    scopes: [\"{SECRET} y\", ok, ok]
+    expires_at: {SECRET}
+    allowed_ips: [{SECRET}]
+    rate_limit: {{ requests: 1, per: {SECRET} }}
+"
+        );
+        let e = errors(&text);
+        assert!(!e.join("\n").contains("ThisIsASecret"), "{e:#?}");
+        for line in [
+            "tokens.yaml:2: tokens[0].id: must be 1 to 128 visible ASCII characters without spaces",
+            "tokens.yaml:3: tokens[0].sha256: must be 64 lowercase hex characters (`tollgate token hash` prints it)",
+            "tokens.yaml:4: tokens[0].scopes[0]: must be visible ASCII characters without spaces",
+            "tokens.yaml:4: tokens[0].scopes[2]: duplicates tokens[0].scopes[1]",
+            "tokens.yaml:5: tokens[0].expires_at: is not an RFC 3339 time (e.g. 2027-01-01T00:00:00Z)",
+            "tokens.yaml:6: tokens[0].allowed_ips[0]: is not an IP address or CIDR (e.g. 10.0.0.0/8, 192.168.1.7 or ::1)",
+            "tokens.yaml:7: tokens[0].rate_limit.per: is not a duration greater than zero (e.g. 1s, 500ms, 1m)",
+        ] {
+            assert!(e.iter().any(|m| m == line), "missing {line:?} in {e:#?}");
+        }
     }
 
     #[tokio::test]

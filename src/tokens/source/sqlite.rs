@@ -516,10 +516,15 @@ mod tests {
             problem().await,
             "token \"bad\": sha256: is not 64 lowercase hex characters"
         );
-        raw(&path, "UPDATE tollgate_tokens SET sha256 = printf('%064d', 0), read_only = 2 WHERE id = 'bad'").await;
-        assert!(problem()
-            .await
-            .ends_with("token \"bad\": read_only: is not a boolean (0 or 1)"),);
+        raw(
+            &path,
+            "UPDATE tollgate_tokens SET sha256 = printf('%064d', 0), read_only = 2 WHERE id = 'bad'",
+        )
+        .await;
+        assert_eq!(
+            problem().await,
+            "token \"bad\": read_only: is not a boolean (0 or 1)"
+        );
         raw(
             &path,
             "UPDATE tollgate_tokens SET read_only = 'yes' WHERE id = 'bad'",
