@@ -3,7 +3,8 @@
 //! watching the file and its `-wal`.
 //!
 //! Invariant: a plain load never creates the database file; only
-//! `ensure_schema` (the `token` commands, `check`) does.
+//! `ensure_schema` (the `token` commands, `check`) does, and never for a
+//! custom query, whose database is only ever opened read-only.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -253,10 +254,14 @@ impl SqliteSource {
         }
     }
 
+    /// A custom query reads another application's database: opened
+    /// read-only (`mode=ro`), so nothing is ever created or changed in it
+    /// (no table, no journal-mode switch).
     fn options(&self) -> SqliteConnectOptions {
         SqliteConnectOptions::new()
             .filename(&self.path)
             .create_if_missing(false)
+            .read_only(self.query.is_some())
             .busy_timeout(Duration::from_secs(5))
     }
 

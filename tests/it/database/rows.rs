@@ -123,3 +123,73 @@ async fn postgres_a_row_with_an_invalid_id_is_skipped_and_the_others_serve() {
     let gw = Gw::start_unready(&postgres_config(up.addr, &pg.url, "30s"), "").await;
     one_bad_row_of_three_is_skipped(&gw, pg.exec(&bad_row_insert())).await;
 }
+
+/// The contract: a custom query over another application's table is read
+/// with a read-only connection, and nothing is created in that database.
+#[tokio::test]
+async fn sqlite_a_custom_query_reads_an_application_database_without_changing_it() {
+    use sqlx::Connection;
+    let up = Upstream::start().await;
+    let tokens = "tokens:\n  source: sqlite\n  path: app.db\n  refresh_interval: 200ms\n  \
+                  query: \"SELECT 'app-' || n AS id, k AS token, 'scope:agent-ui' AS scopes, \
+                  NOT rw AS read_only FROM api_keys\"\n";
+    let gw = Gw::start_unready(&config_with_tokens(up.addr, tokens), "").await;
+    let app = gw.path("app.db");
+    let url = |mode: &str| format!("sqlite://{}?mode={mode}", app.display());
+    let mut conn = sqlx::SqliteConnection::connect(&url("rwc")).await.unwrap();
+    sqlx::raw_sql(
+        "CREATE TABLE api_keys (n INTEGER PRIMARY KEY, k TEXT NOT NULL, rw INTEGER NOT NULL);
+         INSERT INTO api_keys VALUES (1, 'app-key-1', 1), (2, 'app-key-2', 0);",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    conn.close().await.unwrap();
+    let files = || {
+        let mut names: Vec<String> = std::fs::read_dir(gw.dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let before = (
+        std::fs::read(&app).unwrap(),
+        std::fs::metadata(&app).unwrap().modified().unwrap(),
+        files(),
+    );
+
+    wait_ready(&gw, Duration::from_secs(10)).await;
+    assert_eq!(status(&gw, "app-key-1").await, 200);
+    assert_eq!(
+        up.seen().last().unwrap().header("x-tollgate-token-id"),
+        Some("app-1")
+    );
+    // Several refreshes and a check, none of which may write.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let out = tollgate(&gw.path("gateway.yaml"), &["check"]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    assert!(
+        std::fs::read(&app).unwrap() == before.0,
+        "the database changed"
+    );
+    assert_eq!(
+        std::fs::metadata(&app).unwrap().modified().unwrap(),
+        before.1,
+        "the database was written"
+    );
+    assert_eq!(files(), before.2, "files were created beside it");
+    let mut conn = sqlx::SqliteConnection::connect(&url("ro")).await.unwrap();
+    let tables: Vec<String> =
+        sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table'")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(tables, ["api_keys"]);
+    conn.close().await.unwrap();
+}
