@@ -14,12 +14,12 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::{Column, Executor, Statement};
+use sqlx::{Executor, Statement};
 use time::OffsetDateTime;
 use tokio::sync::{Notify, OnceCell};
 use tokio::task::AbortHandle;
 
-use super::sql::{self, InvalidRow, Shape, Stored};
+use super::sql::{self, InvalidRow, Stored};
 use super::{Fingerprint, Loaded, SourceError};
 use crate::tokens::{TokenId, TokenIndex, TokenRecord};
 
@@ -85,8 +85,7 @@ impl PostgresSource {
         let read = async {
             let mut conn = pool.acquire().await.map_err(|e| self.db_error(e))?;
             let statement = conn.prepare(&sql).await.map_err(|e| self.db_error(e))?;
-            let shape = Shape::of(statement.columns().iter().map(|c| c.name()))
-                .map_err(|p| SourceError::Invalid(format!("{}: {p}", self.origin())))?;
+            let shape = sql::shape_of(self.origin(), &statement)?;
             let rows = statement
                 .query()
                 .fetch_all(&mut *conn)
@@ -130,8 +129,7 @@ impl PostgresSource {
                 }
             }
             let statement = (&mut *tx).prepare(&sql).await.map_err(db)?;
-            let shape = Shape::of(statement.columns().iter().map(|c| c.name()))
-                .map_err(|p| SourceError::Invalid(format!("{}: {p}", self.origin())))?;
+            let shape = sql::shape_of(self.origin(), &statement)?;
             let rows = before.as_ref().map_or(0, |(_, rows)| *rows);
             let stream = statement.query().fetch(&mut *tx);
             let (index, invalid) = sql::build(self.origin(), &shape, rows, stream, db).await?;

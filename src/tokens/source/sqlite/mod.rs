@@ -14,10 +14,10 @@ use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
-use sqlx::{Column, Connection, Executor, Statement};
+use sqlx::{Connection, Executor, Statement};
 use time::OffsetDateTime;
 
-use super::sql::{self, InvalidRow, Shape, Stored};
+use super::sql::{self, InvalidRow, Stored};
 use super::SourceError;
 use crate::tokens::{TokenId, TokenIndex, TokenRecord};
 
@@ -80,8 +80,7 @@ impl SqliteSource {
         let read = async {
             let mut conn = pool.acquire().await.map_err(|e| self.db_error(e))?;
             let statement = conn.prepare(&sql).await.map_err(|e| self.db_error(e))?;
-            let shape = Shape::of(statement.columns().iter().map(|c| c.name()))
-                .map_err(|p| SourceError::Invalid(format!("{}: {p}", self.origin())))?;
+            let shape = sql::shape_of(&self.origin(), &statement)?;
             let rows = statement
                 .query()
                 .fetch_all(&mut *conn)
@@ -105,8 +104,7 @@ impl SqliteSource {
             let db = |e| self.db_error(e);
             let mut conn = pool.acquire().await.map_err(db)?;
             let statement = conn.prepare(&sql).await.map_err(db)?;
-            let shape = Shape::of(statement.columns().iter().map(|c| c.name()))
-                .map_err(|p| SourceError::Invalid(format!("{origin}: {p}")))?;
+            let shape = sql::shape_of(&origin, &statement)?;
             let stream = statement.query().fetch(&mut *conn);
             sql::build(&origin, &shape, 0, stream, db).await
         };
