@@ -16,7 +16,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use dashmap::DashMap;
 use http::HeaderValue;
 
-use tollgate::tokens::{TokenHash, TokenIndex, TokenRecord};
+use tollgate::tokens::{Scope, TokenHash, TokenId, TokenIndex, TokenRecord};
 
 /// Hashes a digest by its first eight bytes, as the index does.
 #[derive(Default)]
@@ -51,7 +51,13 @@ fn snapshot_index(hashes: &[TokenHash]) -> TokenIndex {
     let records = hashes
         .iter()
         .enumerate()
-        .map(|(i, h)| TokenRecord::new(format!("token-{i}"), *h, vec!["scope:bench".into()]))
+        .map(|(i, h)| {
+            TokenRecord::new(
+                TokenId::parse(&format!("token-{i}")).unwrap(),
+                *h,
+                vec![Scope::parse("scope:bench").unwrap()],
+            )
+        })
         .collect();
     TokenIndex::build(records).unwrap()
 }

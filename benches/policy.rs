@@ -24,7 +24,7 @@ use tollgate::metrics::Metrics;
 use tollgate::policy::{Policy, Retained};
 use tollgate::proxy::headers::{clean_request, Hygiene};
 use tollgate::ratelimit::TokenLimiter;
-use tollgate::tokens::{TokenHash, TokenIndex, TokenRecord, TokenUsage};
+use tollgate::tokens::{Scope, TokenHash, TokenId, TokenIndex, TokenRecord, TokenUsage};
 use tollgate::{auth, method, target};
 
 const CONFIG: &str = r#"
@@ -57,9 +57,9 @@ fn index(n: usize) -> TokenIndex {
     let records = (0..n)
         .map(|i| {
             TokenRecord::new(
-                format!("token-{i}"),
+                TokenId::parse(&format!("token-{i}")).unwrap(),
                 TokenHash::of(format!("secret-{i}").as_bytes()),
-                vec!["scope:agent-ui".into()],
+                vec![Scope::parse("scope:agent-ui").unwrap()],
             )
         })
         .collect();

@@ -185,14 +185,15 @@ async fn check(path: &Path) -> anyhow::Result<()> {
     if let Err(e) = source.ensure_schema().await {
         anyhow::bail!("{}: tokens: {e}", path.display());
     }
-    let records = source
-        .load()
+    let rows = source
+        .read()
         .await
         .map_err(|e| anyhow::anyhow!("{}: tokens: {e}", path.display()))?;
+    let records = rows.records;
     let plaintext: Vec<String> = records
         .iter()
         .filter(|r| r.from_plaintext)
-        .map(|r| r.id.clone())
+        .map(|r| r.id.to_string())
         .collect();
     let index = TokenIndex::build(records)
         .map_err(|e| anyhow::anyhow!("{}: tokens: {e}", path.display()))?;
@@ -222,5 +223,17 @@ async fn check(path: &Path) -> anyhow::Result<()> {
         println!("  {r}");
     }
     println!("tokens: {}", index.len());
+    // The contract: check lists every invalid row and exits 1, although a
+    // gateway would serve the other rows.
+    for row in &rows.invalid {
+        eprintln!("{}: tokens: {row}", path.display());
+    }
+    if !rows.invalid.is_empty() {
+        anyhow::bail!(
+            "{}: tokens: {} invalid row(s), skipped by a running gateway; fix or delete them",
+            path.display(),
+            rows.invalid.len()
+        );
+    }
     Ok(())
 }

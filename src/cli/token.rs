@@ -17,7 +17,7 @@ use time::OffsetDateTime;
 
 use crate::config::{parse_duration, Rate, Settings};
 use crate::tokens::source::sql;
-use crate::tokens::{secret, Source, TokenHash, TokenRecord};
+use crate::tokens::{secret, Scope, Source, TokenHash, TokenId, TokenRecord};
 
 /// The `token` subcommands.
 #[derive(Debug, Subcommand)]
@@ -41,7 +41,8 @@ pub enum TokenCommand {
     /// Disable a token; running gateways stop accepting it
     Revoke {
         /// The token's id
-        id: String,
+        #[arg(value_parser = parse_id)]
+        id: TokenId,
     },
     /// Read a secret on stdin and print its lowercase hex SHA-256
     Hash,
@@ -52,10 +53,10 @@ pub enum TokenCommand {
 pub struct TokenOptions {
     /// Unique, non-secret id (appears in logs, metrics and identity headers)
     #[arg(long, value_name = "ID", value_parser = parse_id)]
-    pub id: String,
+    pub id: TokenId,
     /// A scope the token carries (repeatable)
     #[arg(long = "scope", value_name = "S", value_parser = parse_scope)]
-    pub scopes: Vec<String>,
+    pub scopes: Vec<Scope>,
     /// Allow only GET, HEAD and OPTIONS
     #[arg(long)]
     pub read_only: bool,
@@ -263,7 +264,7 @@ fn list_table(tokens: &[TokenRecord], now: OffsetDateTime) -> String {
         vec![["ID", "SCOPES", "READ-ONLY", "EXPIRES", "STATE", "LAST USED"].map(String::from)];
     for t in tokens {
         rows.push([
-            t.id.clone(),
+            t.id.to_string(),
             if t.scopes.is_empty() {
                 "-".into()
             } else {
@@ -297,16 +298,13 @@ fn list_table(tokens: &[TokenRecord], now: OffsetDateTime) -> String {
     out
 }
 
-fn parse_id(s: &str) -> Result<String, String> {
-    sql::check_id(s).map_err(|p| format!("the id {p}"))?;
-    Ok(s.to_owned())
+/// The contract's one rule for ids; refused before anything is stored.
+fn parse_id(s: &str) -> Result<TokenId, String> {
+    TokenId::parse(s).map_err(|p| format!("the id {p}"))
 }
 
-fn parse_scope(s: &str) -> Result<String, String> {
-    if s.is_empty() || s.contains(|c: char| c.is_whitespace() || c.is_control()) {
-        return Err(format!("{s:?} is not a scope (one word, no spaces)"));
-    }
-    Ok(s.to_owned())
+fn parse_scope(s: &str) -> Result<Scope, String> {
+    Scope::parse(s).map_err(|p| format!("a scope {p}"))
 }
 
 fn parse_expiry(s: &str) -> Result<Expiry, String> {
@@ -346,6 +344,7 @@ mod tests {
 
     use super::*;
     use crate::config::{SourceKind, TokenSourceSettings};
+    use crate::tokens::id::id;
 
     #[derive(Parser)]
     struct Cli {
@@ -462,6 +461,32 @@ mod tests {
             panic!()
         };
         assert!(matches!(options.expires, Some(Expiry::At(_))));
+    }
+
+    /// `ops bot` used to be stored on SQLite, after which every load
+    /// failed and a running gateway kept its old index.
+    #[test]
+    fn an_id_outside_the_one_rule_is_a_usage_error_for_every_command() {
+        let long = "x".repeat(129);
+        for args in [
+            &["create", "--id", "ops bot"][..],
+            &["import", "--id", "ops bot"],
+            &["create", "--id", "tab\there"],
+            &["create", "--id", "caf\u{e9}"],
+            &["create", "--id", &long],
+            &["revoke", "ops bot"],
+        ] {
+            let err = parse(args)
+                .err()
+                .unwrap_or_else(|| panic!("{args:?} parsed"));
+            assert_eq!(err.exit_code(), 2, "{args:?}");
+            assert!(
+                err.to_string()
+                    .contains("the id must be 1 to 128 visible ASCII characters without spaces"),
+                "{err}"
+            );
+        }
+        assert!(parse(&["create", "--id", &"x".repeat(128)]).is_ok());
     }
 
     #[test]
@@ -603,7 +628,7 @@ mod tests {
     #[test]
     fn state_prefers_disabled_then_expired() {
         let now = sql::now();
-        let mut r = TokenRecord::new("x", TokenHash::of(b"x"), vec![]);
+        let mut r = TokenRecord::new(id("x"), TokenHash::of(b"x"), vec![]);
         assert_eq!(state(&r, now), "active");
         r.expires_at = Some(now);
         assert_eq!(state(&r, now), "expired");

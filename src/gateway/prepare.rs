@@ -62,7 +62,7 @@ pub fn upstream_request(
             trusted_peer,
             proto: if conn.tls { "https" } else { "http" },
             host,
-            identity: ex.token.map(|e| (&e.id, &e.scopes.header)),
+            identity: ex.token.map(|e| (e.id.header(), &e.scopes.header)),
             request_id: &ex.request_id,
         },
     );

@@ -103,7 +103,7 @@ impl LogOnce {
     pub fn complete(&mut self, ex: &Exchange<'_>, status: u16) {
         if let Some(r) = &mut self.record {
             r.route = ex.route.map(|r| r.prefix.clone());
-            r.token_id = ex.token.map(|e| e.id.clone());
+            r.token_id = ex.token.map(|e| e.id.header().clone());
             r.status = status;
             r.error = ex.error;
             r.upstream_request_id = ex.upstream_request_id.clone();

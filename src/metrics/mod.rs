@@ -118,6 +118,8 @@ pub struct Metrics {
     pub no_route: Arc<RouteMetrics>,
     pub tokens_loaded: Gauge,
     pub token_source_up: Gauge,
+    /// Rows of the last database read that were skipped as invalid.
+    pub token_rows_invalid: Gauge,
     token_reloads: Family<ResultLabels, Counter>,
     pub limit_backend_up: Gauge,
     pub failed_auth_overflow: Counter,
@@ -169,6 +171,12 @@ impl Metrics {
             "1 when the last token load succeeded",
             token_source_up.clone(),
         );
+        let token_rows_invalid = Gauge::default();
+        registry.register(
+            "tollgate_token_rows_invalid",
+            "Rows of the last token read skipped as invalid (database sources)",
+            token_rows_invalid.clone(),
+        );
         let token_reloads = Family::<ResultLabels, Counter>::default();
         registry.register(
             "tollgate_token_reloads",
@@ -218,6 +226,7 @@ impl Metrics {
             no_route,
             tokens_loaded,
             token_source_up,
+            token_rows_invalid,
             token_reloads,
             limit_backend_up,
             failed_auth_overflow,

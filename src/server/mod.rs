@@ -330,6 +330,7 @@ mod tests {
     use crate::config::{self, LogFormat};
     use crate::metrics::Metrics;
     use crate::policy::{Policy, Retained};
+    use crate::tokens::id::{id, scopes};
     use crate::tokens::{TokenHash, TokenIndex, TokenRecord};
 
     fn gateway() -> Arc<Gateway> {
@@ -340,7 +341,7 @@ mod tests {
         let policy = Policy::build(&settings, &retained).unwrap();
         let log = AccessLog::start(Box::new(std::io::sink()), LogFormat::Json);
         let gateway = Arc::new(Gateway::new(policy, retained, log));
-        let token = TokenRecord::new("t", TokenHash::of(b"secret"), vec!["s".into()]);
+        let token = TokenRecord::new(id("t"), TokenHash::of(b"secret"), scopes(&["s"]));
         gateway
             .current
             .set_tokens(TokenIndex::build(vec![token]).unwrap());

@@ -259,11 +259,9 @@ async fn load_once(
 /// Makes `index` the one requests are judged by, and drops limiter and
 /// usage state of tokens that are gone.
 fn install(gateway: &Gateway, index: TokenIndex) {
-    gateway
-        .retained
-        .metrics
-        .tokens_loaded
-        .set(index.len() as i64);
+    let metrics = &gateway.retained.metrics;
+    metrics.tokens_loaded.set(index.len() as i64);
+    metrics.token_rows_invalid.set(index.rows_invalid() as i64);
     tracing::debug!(tokens = index.len(), "token index loaded");
     let limiters = &gateway.retained.limiters;
     if !limiters.is_empty() {

@@ -6,6 +6,7 @@
 //! a metric or an error (`TokenHash`'s `Debug` prints a short fingerprint).
 
 pub mod hash;
+pub mod id;
 pub mod index;
 pub mod record;
 pub mod secret;
@@ -14,6 +15,7 @@ pub mod split;
 pub mod usage;
 
 pub use hash::TokenHash;
+pub use id::{Scope, TokenId};
 pub use index::{IndexBuilder, TokenEntry, TokenIndex};
 pub use record::TokenRecord;
 pub use source::{Source, SourceError};

@@ -5,16 +5,16 @@
 use ipnet::IpNet;
 use time::OffsetDateTime;
 
-use super::TokenHash;
+use super::{Scope, TokenHash, TokenId};
 use crate::config::Rate;
 
 /// One token as loaded from a source.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TokenRecord {
     /// Unique, non-secret; appears in logs, metrics and identity headers.
-    pub id: String,
+    pub id: TokenId,
     pub hash: TokenHash,
-    pub scopes: Vec<String>,
+    pub scopes: Vec<Scope>,
     pub read_only: bool,
     pub expires_at: Option<OffsetDateTime>,
     /// Empty: any address.
@@ -32,9 +32,9 @@ pub struct TokenRecord {
 
 impl TokenRecord {
     /// A record with defaults for everything but id, hash and scopes.
-    pub fn new(id: impl Into<String>, hash: TokenHash, scopes: Vec<String>) -> Self {
+    pub fn new(id: TokenId, hash: TokenHash, scopes: Vec<Scope>) -> Self {
         TokenRecord {
-            id: id.into(),
+            id,
             hash,
             scopes,
             read_only: false,

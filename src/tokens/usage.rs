@@ -166,6 +166,7 @@ impl TokenUsage {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tokens::id::id;
 
     fn ids(batch: &Batch) -> Vec<(&str, i64)> {
         let mut v: Vec<_> = batch
@@ -232,7 +233,7 @@ mod tests {
         source.ensure_schema().await.unwrap();
         source
             .create(&crate::tokens::TokenRecord::new(
-                "a",
+                id("a"),
                 crate::tokens::TokenHash::of(b"s"),
                 vec![],
             ))

@@ -22,6 +22,9 @@ use tokio::task::{AbortHandle, JoinHandle};
 
 use crate::support::*;
 
+mod rows;
+mod secrets;
+
 /// A schema of its own in the test database.
 struct Pg {
     /// The database URL as given (no schema).

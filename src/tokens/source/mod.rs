@@ -2,8 +2,12 @@
 //! PostgreSQL), how changes are noticed, and the writes behind
 //! `tollgate token …`.
 //!
-//! Invariant: a load is all-or-nothing — `load` returns every record of a
-//! consistent, fully validated read, or an error; never a partial list.
+//! Invariant: a read that fails part-way returns an error, never a partial
+//! list. A token file is all-or-nothing; on a database source a row that
+//! was read completely but is invalid is skipped, reported (by its id or
+//! row number, never a value) and counted, and every other row applies.
+
+pub use sql::InvalidRow;
 
 pub mod file;
 pub mod postgres;
@@ -15,7 +19,7 @@ use std::sync::Arc;
 use time::OffsetDateTime;
 use tokio::sync::Notify;
 
-use super::{TokenIndex, TokenRecord};
+use super::{TokenId, TokenIndex, TokenRecord};
 use crate::config::{SourceKind, TokenSourceSettings};
 
 /// Why a source could not be read or written. Never carries a secret.
@@ -60,6 +64,14 @@ pub enum Loaded {
     /// A complete, validated index was handed to `apply`; with the
     /// fingerprint of its rows where the source can take one.
     Applied(Option<Fingerprint>),
+}
+
+/// Every valid record of one complete read, and the rows it skipped.
+#[derive(Debug, Default)]
+pub struct Rows {
+    pub records: Vec<TokenRecord>,
+    /// Rows of a database source skipped as invalid (none for a file).
+    pub invalid: Vec<InvalidRow>,
 }
 
 /// A configured token source.
@@ -119,7 +131,7 @@ impl Source {
 
     /// Disables a token (`disabled` and `updated_at`); an unknown id is an
     /// error, and so is a custom-query source.
-    pub async fn revoke(&self, id: &str) -> Result<(), SourceError> {
+    pub async fn revoke(&self, id: &TokenId) -> Result<(), SourceError> {
         match self {
             Source::File(s) => s.revoke(id).await,
             Source::Sqlite(s) => s.revoke(id).await,
@@ -138,7 +150,19 @@ impl Source {
         }
     }
 
-    /// Reads every token; all-or-nothing.
+    /// Reads every token and the rows skipped as invalid, for `tollgate
+    /// check` (which lists them).
+    pub async fn read(&self) -> Result<Rows, SourceError> {
+        let (records, invalid) = match self {
+            Source::File(s) => (s.load().await?, Vec::new()),
+            Source::Sqlite(s) => s.read().await?,
+            Source::Postgres(s) => s.read().await?,
+        };
+        Ok(Rows { records, invalid })
+    }
+
+    /// Reads every valid token (invalid database rows are skipped, as a
+    /// gateway skips them).
     pub async fn load(&self) -> Result<Vec<TokenRecord>, SourceError> {
         match self {
             Source::File(s) => s.load().await,
@@ -148,8 +172,9 @@ impl Source {
     }
 
     /// Reads every token straight into an index (rows are streamed, not
-    /// collected first) and hands it to `apply`; all-or-nothing: `apply` is
-    /// called with a complete, validated index or not at all. Given the
+    /// collected first) and hands it to `apply`: `apply` is called with the
+    /// index of a complete read or not at all; invalid database rows are
+    /// skipped, logged once and counted in [`TokenIndex::rows_invalid`]. Given the
     /// fingerprint of the last load, a source that takes fingerprints
     /// (PostgreSQL) answers [`Loaded::Unchanged`] when the rows are the
     /// same, without reading them; the file source fingerprints the file's
@@ -249,10 +274,15 @@ pub(crate) mod shared_tests {
 
     use super::{sql, Source};
     use crate::ratelimit::test_rate;
+    use crate::tokens::id::{id, scopes};
     use crate::tokens::{TokenHash, TokenRecord};
 
-    pub fn record(id: &str, secret: &str) -> TokenRecord {
-        TokenRecord::new(id, TokenHash::of(secret.as_bytes()), vec!["scope:a".into()])
+    pub fn record(name: &str, secret: &str) -> TokenRecord {
+        TokenRecord::new(
+            id(name),
+            TokenHash::of(secret.as_bytes()),
+            scopes(&["scope:a"]),
+        )
     }
 
     /// Create two tokens, read them back column for column, refuse a
@@ -291,12 +321,12 @@ pub(crate) mod shared_tests {
             "this secret is already stored as token \"bare\""
         );
 
-        source.revoke("bare").await.unwrap();
+        source.revoke(&id("bare")).await.unwrap();
         let after = source.load().await.unwrap();
         assert_eq!(after.len(), 2, "a refused create stored nothing");
         assert!(after[0].disabled && !after[1].disabled);
         assert!(after[0].updated_at >= after[0].created_at);
-        let err = source.revoke("nope").await.unwrap_err();
+        let err = source.revoke(&id("nope")).await.unwrap_err();
         assert_eq!(err.to_string(), "no token with id \"nope\"");
     }
 }

@@ -1,0 +1,68 @@
+//! Listening on [`CHANNEL`]: the background task behind
+//! [`PostgresSource::watch`](super::PostgresSource::watch).
+//!
+//! Invariant: the listener retries forever with backoff and reports every
+//! (re)connection as a possible change, since a notification may have
+//! been lost while it was away.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
+use tokio::sync::Notify;
+
+use super::{CHANNEL, CONNECT_TIMEOUT};
+use crate::tokens::source::sql;
+
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// The listener loop behind [`PostgresSource::watch`].
+pub(super) async fn listen(options: PgConnectOptions, changed: Arc<Notify>) {
+    // Its own pool of one, so the listening connection never takes a slot
+    // that loads need.
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(CONNECT_TIMEOUT)
+        .idle_timeout(None)
+        .max_lifetime(None)
+        .connect_lazy_with(options);
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        match subscribe(&pool).await {
+            Ok(mut listener) => {
+                let since = Instant::now();
+                changed.notify_one();
+                let error = loop {
+                    match listener.try_recv().await {
+                        Ok(Some(_)) => changed.notify_one(),
+                        Ok(None) => break "connection lost".to_owned(),
+                        Err(e) => break sql::one_line(e),
+                    }
+                };
+                tracing::warn!(%error, "token change listener disconnected; reconnecting");
+                // A load now finds out whether the database itself is gone
+                // (and says so on `tollgate_token_source_up`) rather than at
+                // the next refresh_interval.
+                changed.notify_one();
+                if since.elapsed() > MAX_BACKOFF {
+                    backoff = MIN_BACKOFF;
+                }
+            }
+            Err(error) => {
+                tracing::warn!(error = %sql::one_line(error), "token change listener cannot connect");
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+async fn subscribe(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
+    let mut listener = PgListener::connect_with(pool).await?;
+    // Reconnect here, with backoff and a notification, not inside sqlx.
+    listener.eager_reconnect(false);
+    listener.ignore_pool_close_event(true);
+    listener.listen(CHANNEL).await?;
+    Ok(listener)
+}

@@ -1,0 +1,178 @@
+//! What the SQLite and PostgreSQL sources share: the `tollgate_tokens`
+//! columns (§4) and the rules for a query's columns (this module), turning
+//! result rows into records (`row`), and the values a record is stored as
+//! (`stored`), so that neither source writes them again.
+//!
+//! Invariant: a message built here names a row by its id (or its position)
+//! and a column, and never quotes a cell: a secret pasted into the wrong
+//! column must not reach a log line or `tollgate check`.
+
+mod row;
+mod stored;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use sqlx::{Column, Statement};
+use time::OffsetDateTime;
+
+pub use row::InvalidRow;
+pub(crate) use row::{build, int_bool, parse_ip, parse_time, records, Bad, Reported, NOT_A_TIME};
+pub(crate) use stored::{format_time, now, Stored};
+
+use super::SourceError;
+
+/// The table every database source reads (unless a custom query is set).
+pub const TABLE: &str = "tollgate_tokens";
+
+/// Why a custom-query source refuses writes.
+pub const READ_ONLY_QUERY: &str =
+    "tokens come from a custom query; manage them in the application that owns the table";
+
+/// How long one load may take before the source counts as unavailable.
+pub(crate) const QUERY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Every column a result may carry, in the order of the default `SELECT`.
+/// `token` (plaintext) is not a table column; only a custom query returns it.
+const COLUMNS: [&str; 15] = [
+    "id",
+    "sha256",
+    "scopes",
+    "read_only",
+    "expires_at",
+    "allowed_ips",
+    "rate_requests",
+    "rate_per_ms",
+    "rate_burst",
+    "disabled",
+    "description",
+    "created_at",
+    "updated_at",
+    "last_used_at",
+    "token",
+];
+const TABLE_COLUMNS: usize = COLUMNS.len() - 1;
+/// The leading columns the token index uses; the rest are for `token list`.
+const INDEX_COLUMNS: usize = 10;
+
+/// `SELECT <every table column> FROM tollgate_tokens`.
+pub(crate) fn default_query() -> String {
+    format!(
+        "SELECT {} FROM {TABLE} ORDER BY id",
+        COLUMNS[..TABLE_COLUMNS].join(", ")
+    )
+}
+
+/// `SELECT <the columns the index uses> FROM tollgate_tokens`, unordered:
+/// what the gateway loads. `last_used_at` is left out, so the gateway's own
+/// once-a-minute writes do not change what it reads.
+pub(crate) fn index_query() -> String {
+    format!(
+        "SELECT {} FROM {TABLE}",
+        COLUMNS[..INDEX_COLUMNS].join(", ")
+    )
+}
+
+/// Reads one cell of a result row, accepting the SQL types that can sensibly
+/// mean the value. `Err` is a short problem, such as `has SQL type INT4,
+/// expected text`, that never quotes the cell; `Ok(None)` is SQL NULL.
+pub(crate) trait Cells {
+    fn text(&self, i: usize) -> Result<Option<String>, Bad>;
+    fn boolean(&self, i: usize) -> Result<Option<bool>, Bad>;
+    fn integer(&self, i: usize) -> Result<Option<i64>, Bad>;
+    fn timestamp(&self, i: usize) -> Result<Option<OffsetDateTime>, Bad>;
+}
+
+/// Which known columns a result carries, and at which position.
+#[derive(Debug)]
+pub(crate) struct Shape {
+    at: [Option<usize>; COLUMNS.len()],
+}
+
+impl Shape {
+    /// Checks a result's column names (ASCII case-insensitively): `id`,
+    /// `scopes`, and `sha256` or `token` are required; a name that is not
+    /// a column of §4 is refused, so a misspelt `read_only` cannot silently
+    /// give write access.
+    pub(crate) fn of<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<Shape, String> {
+        let mut at = [None; COLUMNS.len()];
+        for (i, name) in names.into_iter().enumerate() {
+            let Some(k) = COLUMNS.iter().position(|c| c.eq_ignore_ascii_case(name)) else {
+                return Err(format!(
+                    "returns a column {name:?}, which is not one of {}",
+                    COLUMNS.join(", ")
+                ));
+            };
+            if at[k].replace(i).is_some() {
+                return Err(format!("returns the column {:?} twice", COLUMNS[k]));
+            }
+        }
+        let shape = Shape { at };
+        for required in ["id", "scopes"] {
+            if shape.index(required).is_none() {
+                return Err(format!("does not return the column {required:?}"));
+            }
+        }
+        if shape.index("sha256").is_none() && shape.index("token").is_none() {
+            return Err("returns neither a \"sha256\" nor a \"token\" column".into());
+        }
+        Ok(shape)
+    }
+
+    fn index(&self, column: &str) -> Option<usize> {
+        COLUMNS
+            .iter()
+            .position(|c| *c == column)
+            .and_then(|k| self.at[k])
+    }
+}
+
+/// The [`Shape`] of a prepared statement's columns; `origin` names the
+/// source in the error.
+pub(crate) fn shape_of<'q, S: Statement<'q>>(
+    origin: &str,
+    statement: &S,
+) -> Result<Shape, SourceError> {
+    Shape::of(statement.columns().iter().map(|c| c.name()))
+        .map_err(|p| SourceError::Invalid(format!("{origin}: {p}")))
+}
+
+/// Why `create` stored nothing: `existing` is the id of the row that holds
+/// the same id or the same secret.
+pub(crate) fn conflict(new_id: &str, existing: Option<String>) -> SourceError {
+    match existing {
+        Some(existing) if existing != new_id => SourceError::Invalid(format!(
+            "this secret is already stored as token {existing:?}"
+        )),
+        _ => SourceError::Invalid(format!("a token with id {new_id:?} already exists")),
+    }
+}
+
+/// The error for `revoke` of an id that is not there.
+pub(crate) fn no_such_token(id: &str) -> SourceError {
+    SourceError::Invalid(format!("no token with id {id:?}"))
+}
+
+/// The latest use per id (the gateway may report an id more than once).
+pub(crate) fn latest_uses(uses: &[(String, OffsetDateTime)]) -> Vec<(&str, OffsetDateTime)> {
+    let mut latest: HashMap<&str, OffsetDateTime> = HashMap::with_capacity(uses.len());
+    for (id, at) in uses {
+        let slot = latest.entry(id.as_str()).or_insert(*at);
+        if *at > *slot {
+            *slot = *at;
+        }
+    }
+    let mut out: Vec<_> = latest.into_iter().collect();
+    out.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    out
+}
+
+/// One line, whatever the driver put in its message.
+pub(crate) fn one_line(text: impl std::fmt::Display) -> String {
+    text.to_string()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}

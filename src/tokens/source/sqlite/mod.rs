@@ -1,0 +1,315 @@
+//! The SQLite token source (§4): `tollgate_tokens` in a database file, with
+//! RFC 3339 text timestamps and 0/1 booleans; changes are noticed by
+//! watching the file and its `-wal`.
+//!
+//! This module owns the source (loads and writes); `watch` noticing
+//! changes, `cells` decoding a result cell.
+//!
+//! Invariant: a plain load never creates the database file; only
+//! `ensure_schema` (the `token` commands, `check`) does, and never for a
+//! custom query, whose database is only ever opened read-only.
+
+use std::path::PathBuf;
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
+use sqlx::{Connection, Executor, Statement};
+use time::OffsetDateTime;
+
+use super::sql::{self, InvalidRow, Stored};
+use super::SourceError;
+use crate::tokens::{TokenId, TokenIndex, TokenRecord};
+
+mod cells;
+#[cfg(test)]
+mod tests;
+mod watch;
+
+const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS tollgate_tokens (
+    id            TEXT PRIMARY KEY NOT NULL,
+    sha256        TEXT UNIQUE NOT NULL,
+    scopes        TEXT NOT NULL,
+    read_only     INTEGER NOT NULL DEFAULT 0,
+    expires_at    TEXT,
+    allowed_ips   TEXT,
+    rate_requests INTEGER,
+    rate_per_ms   INTEGER,
+    rate_burst    INTEGER,
+    disabled      INTEGER NOT NULL DEFAULT 0,
+    description   TEXT,
+    created_at    TEXT,
+    updated_at    TEXT,
+    last_used_at  TEXT
+)";
+
+/// Tokens in a SQLite database file.
+pub struct SqliteSource {
+    path: PathBuf,
+    query: Option<String>,
+    /// The pool and the identity of the file it was opened on.
+    pool: Mutex<Option<(SqlitePool, Option<FileId>)>>,
+    watcher: Mutex<Option<notify::RecommendedWatcher>>,
+    reported: sql::Reported,
+}
+
+impl SqliteSource {
+    /// A source over the file at `path`; `query` replaces the default
+    /// `SELECT` (and makes the source read-only). Opens nothing yet.
+    pub fn new(path: PathBuf, query: Option<String>) -> Self {
+        SqliteSource {
+            path,
+            query,
+            pool: Mutex::new(None),
+            watcher: Mutex::new(None),
+            reported: sql::Reported::default(),
+        }
+    }
+
+    /// The valid tokens of one `SELECT` (invalid rows skipped). A missing
+    /// file is `Unavailable`.
+    pub async fn load(&self) -> Result<Vec<TokenRecord>, SourceError> {
+        Ok(self.read().await?.0)
+    }
+
+    /// Reads every token in one `SELECT`: the valid records and the rows
+    /// skipped as invalid. A failure part-way is an error.
+    pub async fn read(&self) -> Result<(Vec<TokenRecord>, Vec<InvalidRow>), SourceError> {
+        let pool = self.pool().await?;
+        let sql = self.query.clone().unwrap_or_else(sql::default_query);
+        let read = async {
+            let mut conn = pool.acquire().await.map_err(|e| self.db_error(e))?;
+            let statement = conn.prepare(&sql).await.map_err(|e| self.db_error(e))?;
+            let shape = sql::shape_of(&self.origin(), &statement)?;
+            let rows = statement
+                .query()
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(|e| self.db_error(e))?;
+            sql::records(&self.origin(), &shape, &rows)
+        };
+        tokio::time::timeout(sql::QUERY_TIMEOUT, read)
+            .await
+            .unwrap_or_else(|_| Err(self.unavailable("the query timed out")))
+    }
+
+    /// Streams every token straight into an index, in one `SELECT`; an
+    /// invalid row is skipped (and logged once), a failure part-way is an
+    /// error.
+    pub async fn load_index(&self) -> Result<TokenIndex, SourceError> {
+        let pool = self.pool().await?;
+        let sql = self.query.clone().unwrap_or_else(sql::index_query);
+        let origin = self.origin();
+        let read = async {
+            let db = |e| self.db_error(e);
+            let mut conn = pool.acquire().await.map_err(db)?;
+            let statement = conn.prepare(&sql).await.map_err(db)?;
+            let shape = sql::shape_of(&origin, &statement)?;
+            let stream = statement.query().fetch(&mut *conn);
+            sql::build(&origin, &shape, 0, stream, db).await
+        };
+        let (index, invalid) = tokio::time::timeout(sql::QUERY_TIMEOUT, read)
+            .await
+            .unwrap_or_else(|_| Err(self.unavailable("the query timed out")))?;
+        self.reported.log(&origin, invalid);
+        Ok(index)
+    }
+
+    /// Creates the database file and `tollgate_tokens` when missing. A
+    /// no-op with a custom query (the table belongs to the application).
+    pub async fn ensure_schema(&self) -> Result<(), SourceError> {
+        if self.query.is_some() {
+            return Ok(());
+        }
+        let options = self.options().create_if_missing(true);
+        let mut conn = sqlx::SqliteConnection::connect_with(&options)
+            .await
+            .map_err(|e| self.db_error(e))?;
+        conn.execute(SCHEMA).await.map_err(|e| self.db_error(e))?;
+        conn.close().await.map_err(|e| self.db_error(e))
+    }
+
+    /// Inserts a token; refuses a duplicate id or secret.
+    pub async fn create(&self, record: &TokenRecord) -> Result<(), SourceError> {
+        self.writable()?;
+        let s = Stored::of(record)?;
+        let pool = self.pool().await?;
+        let text = |t: Option<OffsetDateTime>| t.map(sql::format_time);
+        let done = sqlx::query(
+            "INSERT INTO tollgate_tokens (id, sha256, scopes, read_only, expires_at, \
+             allowed_ips, rate_requests, rate_per_ms, rate_burst, disabled, description, \
+             created_at, updated_at, last_used_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(s.id)
+        .bind(&s.sha256)
+        .bind(&s.scopes)
+        .bind(s.read_only)
+        .bind(text(s.expires_at))
+        .bind(&s.allowed_ips)
+        .bind(s.rate_requests)
+        .bind(s.rate_per_ms)
+        .bind(s.rate_burst)
+        .bind(s.disabled)
+        .bind(s.description)
+        .bind(sql::format_time(s.created_at))
+        .bind(sql::format_time(s.updated_at))
+        .bind(text(s.last_used_at))
+        .execute(&pool)
+        .await
+        .map_err(|e| self.db_error(e))?;
+        if done.rows_affected() == 1 {
+            return Ok(());
+        }
+        let existing = sqlx::query_scalar(
+            "SELECT id FROM tollgate_tokens WHERE id = ?1 OR sha256 = ?2 \
+             ORDER BY id = ?1 DESC LIMIT 1",
+        )
+        .bind(s.id)
+        .bind(&s.sha256)
+        .fetch_optional(&pool)
+        .await
+        .map_err(|e| self.db_error(e))?;
+        Err(sql::conflict(s.id, existing))
+    }
+
+    /// Sets `disabled` and `updated_at`; an unknown id is an error.
+    pub async fn revoke(&self, id: &TokenId) -> Result<(), SourceError> {
+        self.writable()?;
+        let done =
+            sqlx::query("UPDATE tollgate_tokens SET disabled = 1, updated_at = ?2 WHERE id = ?1")
+                .bind(id.as_str())
+                .bind(sql::format_time(sql::now()))
+                .execute(&self.pool().await?)
+                .await
+                .map_err(|e| self.db_error(e))?;
+        match done.rows_affected() {
+            0 => Err(sql::no_such_token(id.as_str())),
+            _ => Ok(()),
+        }
+    }
+
+    /// Moves `last_used_at` forward for these ids, in one transaction. A
+    /// no-op with a custom query.
+    pub async fn record_use(&self, uses: &[(String, OffsetDateTime)]) -> Result<(), SourceError> {
+        if self.query.is_some() || uses.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self
+            .pool()
+            .await?
+            .begin()
+            .await
+            .map_err(|e| self.db_error(e))?;
+        for (id, at) in sql::latest_uses(uses) {
+            sqlx::query(
+                "UPDATE tollgate_tokens SET last_used_at = ?2 WHERE id = ?1 \
+                 AND coalesce(julianday(last_used_at), 0) < julianday(?2)",
+            )
+            .bind(id)
+            .bind(sql::format_time(at))
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.db_error(e))?;
+        }
+        tx.commit().await.map_err(|e| self.db_error(e))
+    }
+
+    /// A custom query reads another application's database: opened
+    /// read-only (`mode=ro`), so nothing is ever created or changed in it
+    /// (no table, no journal-mode switch).
+    fn options(&self) -> SqliteConnectOptions {
+        SqliteConnectOptions::new()
+            .filename(&self.path)
+            .create_if_missing(false)
+            .read_only(self.query.is_some())
+            .busy_timeout(Duration::from_secs(5))
+    }
+
+    /// One long-lived pool: keeping its connections open avoids the `-wal`
+    /// being created and removed (and so reported as a change) around
+    /// every read. A file replaced by another (`mv new.db tokens.db`) gets
+    /// a fresh pool, since open connections would go on reading the old one.
+    async fn pool(&self) -> Result<SqlitePool, SourceError> {
+        let metadata = match tokio::fs::metadata(&self.path).await {
+            Ok(metadata) => metadata,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(self.unavailable("no such file"))
+            }
+            Err(e) => return Err(self.unavailable(&sql::one_line(e))),
+        };
+        let id = file_id(&metadata);
+        let mut slot = self.pool.lock().unwrap_or_else(PoisonError::into_inner);
+        match &*slot {
+            Some((pool, opened)) if *opened == id => Ok(pool.clone()),
+            _ => {
+                let pool = SqlitePoolOptions::new()
+                    .max_connections(2)
+                    .acquire_timeout(Duration::from_secs(5))
+                    .idle_timeout(None)
+                    .max_lifetime(None)
+                    .connect_lazy_with(self.options());
+                if let Some((old, _)) = slot.replace((pool.clone(), id)) {
+                    tokio::spawn(async move { old.close().await });
+                }
+                Ok(pool)
+            }
+        }
+    }
+
+    fn writable(&self) -> Result<(), SourceError> {
+        match self.query {
+            Some(_) => Err(SourceError::Unsupported(sql::READ_ONLY_QUERY.into())),
+            None => Ok(()),
+        }
+    }
+
+    fn origin(&self) -> String {
+        match self.query {
+            Some(_) => format!("sqlite {} (custom query)", self.path.display()),
+            None => format!("sqlite {}", self.path.display()),
+        }
+    }
+
+    fn unavailable(&self, problem: &str) -> SourceError {
+        SourceError::Unavailable(format!("{}: {problem}", self.origin()))
+    }
+
+    /// Busy, locked, I/O and open failures are `Unavailable`; any other
+    /// answer from SQLite (no such table, syntax error) is `Invalid`.
+    fn db_error(&self, error: sqlx::Error) -> SourceError {
+        let mut message = format!("{}: {}", self.origin(), sql::one_line(&error));
+        match &error {
+            sqlx::Error::Database(db) => {
+                let primary = db
+                    .code()
+                    .and_then(|c| c.parse::<i32>().ok())
+                    .map(|c| c & 0xff);
+                if matches!(primary, Some(5 | 6 | 8 | 10 | 13 | 14)) {
+                    return SourceError::Unavailable(message);
+                }
+                if self.query.is_none() && db.message().contains("no such table") {
+                    message.push_str(" (`tollgate check` creates it)");
+                }
+                SourceError::Invalid(message)
+            }
+            _ => SourceError::Unavailable(message),
+        }
+    }
+}
+
+/// Device and inode: what tells a replaced file from the one a pool has
+/// open.
+type FileId = (u64, u64);
+
+#[cfg(unix)]
+fn file_id(metadata: &std::fs::Metadata) -> Option<FileId> {
+    use std::os::unix::fs::MetadataExt;
+    Some((metadata.dev(), metadata.ino()))
+}
+
+#[cfg(not(unix))]
+fn file_id(_: &std::fs::Metadata) -> Option<FileId> {
+    None
+}
