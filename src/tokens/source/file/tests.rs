@@ -21,16 +21,16 @@ fn every_field_of_an_entry_is_read() {
     let text = format!(
         "tokens:
   - id: grafana
-sha256: {GRAFANA_HASH}
-scopes: [scope:grafana-plugin, scope:b]
-read_only: true
-expires_at: 2027-01-01T00:00:00Z
-allowed_ips: [10.0.0.0/8, 192.168.1.7, \"::1\"]
-rate_limit: {{ requests: 10, per: 1s, burst: 20 }}
-disabled: false
-description: Grafana datasource
+    sha256: {GRAFANA_HASH}
+    scopes: [scope:grafana-plugin, scope:b]
+    read_only: true
+    expires_at: 2027-01-01T00:00:00Z
+    allowed_ips: [10.0.0.0/8, 192.168.1.7, \"::1\"]
+    rate_limit: {{ requests: 10, per: 1s, burst: 20 }}
+    disabled: false
+    description: Grafana datasource
   - id: minimal
-sha256: {}
+    sha256: {}
 ",
         TokenHash::of(b"other").to_hex()
     );
@@ -73,34 +73,34 @@ fn plaintext_tokens_are_hashed_and_marked() {
 fn each_entry_error_names_its_path_and_line() {
     let text = "tokens:
   - id: \"\"
-sha256: 9F86D081884C7D659A2FEAA0C55AD015A3BF4F1B2B0B822CD15D6C15B0F00A08
+    sha256: 9F86D081884C7D659A2FEAA0C55AD015A3BF4F1B2B0B822CD15D6C15B0F00A08
   - id: both
-sha256: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08
-token: secret-value
+    sha256: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08
+    token: secret-value
   - id: neither
-scopes: [\"*\", \"a b\"]
+    scopes: [\"*\", \"a b\"]
   - id: fields
-token: x
-read_only: True
-expires_at: next year
-allowed_ips: [intranet]
-rate_limit: { requests: 0, per: 1s }
+    token: x
+    read_only: True
+    expires_at: next year
+    allowed_ips: [intranet]
+    rate_limit: { requests: 0, per: 1s }
 ";
     assert_eq!(
-        errors(text),
-        [
-            "tokens.yaml:2: tokens[0].id: is empty",
-            "tokens.yaml:3: tokens[0].sha256: must be 64 lowercase hex characters (`tollgate token hash` prints it)",
-            "tokens.yaml:6: tokens[1].token: and sha256 are both set; keep one",
-            "tokens.yaml:7: tokens[2]: needs sha256 (the hex SHA-256 of the secret) or, for development, token",
-            "tokens.yaml:8: tokens[2].scopes[0]: \"*\" is for a route's scopes; give the token the all_scope instead",
-            "tokens.yaml:8: tokens[2].scopes[1]: must be visible ASCII characters without spaces",
-            "tokens.yaml:11: tokens[3].read_only: expected true or false (unquoted, lowercase)",
-            "tokens.yaml:12: tokens[3].expires_at: is not an RFC 3339 time (e.g. 2027-01-01T00:00:00Z)",
-            "tokens.yaml:13: tokens[3].allowed_ips[0]: is not an IP address or CIDR (e.g. 10.0.0.0/8, 192.168.1.7 or ::1)",
-            "tokens.yaml:14: tokens[3].rate_limit.requests: must be at least 1",
-        ]
-    );
+            errors(text),
+            [
+                "tokens.yaml:2: tokens[0].id: is empty",
+                "tokens.yaml:3: tokens[0].sha256: must be 64 lowercase hex characters (`tollgate token hash` prints it)",
+                "tokens.yaml:6: tokens[1].token: and sha256 are both set; keep one",
+                "tokens.yaml:7: tokens[2]: needs sha256 (the hex SHA-256 of the secret) or, for development, token",
+                "tokens.yaml:8: tokens[2].scopes[0]: \"*\" is for a route's scopes; give the token the all_scope instead",
+                "tokens.yaml:8: tokens[2].scopes[1]: must be visible ASCII characters without spaces",
+                "tokens.yaml:11: tokens[3].read_only: expected true or false (unquoted, lowercase)",
+                "tokens.yaml:12: tokens[3].expires_at: is not an RFC 3339 time (e.g. 2027-01-01T00:00:00Z)",
+                "tokens.yaml:13: tokens[3].allowed_ips[0]: is not an IP address or CIDR (e.g. 10.0.0.0/8, 192.168.1.7 or ::1)",
+                "tokens.yaml:14: tokens[3].rate_limit.requests: must be at least 1",
+            ]
+        );
 }
 
 #[test]
@@ -134,11 +134,11 @@ fn duplicate_ids_and_hashes_name_both_entries_but_never_the_hash() {
     let text = format!(
         "tokens:
   - id: grafana
-sha256: {GRAFANA_HASH}
+    sha256: {GRAFANA_HASH}
   - id: grafana
-sha256: {}
+    sha256: {}
   - id: copy
-token: test
+    token: test
 ",
         TokenHash::of(b"x").to_hex()
     );
@@ -155,8 +155,8 @@ token: test
 #[test]
 fn errors_never_quote_a_secret_or_a_hash() {
     let text = format!(
-        "tokens:\n  - id: a\n    token: [s3cr3t]\n  - id: b\n    sha256: {GRAFANA_HASH}x\n    read_only: s3cr3t\n"
-    );
+            "tokens:\n  - id: a\n    token: [s3cr3t]\n  - id: b\n    sha256: {GRAFANA_HASH}x\n    read_only: s3cr3t\n"
+        );
     let all = match parse(&text) {
         Err(e) => e.to_string(),
         Ok(_) => panic!("expected errors"),
@@ -179,26 +179,26 @@ fn a_secret_in_any_key_is_never_quoted_back() {
     let text = format!(
         "tokens:
   - id: {SECRET} x
-sha256: {SECRET}
-scopes: [\"{SECRET} y\", ok, ok]
-expires_at: {SECRET}
-allowed_ips: [{SECRET}]
-rate_limit: {{ requests: 1, per: {SECRET} }}
+    sha256: {SECRET}
+    scopes: [\"{SECRET} y\", ok, ok]
+    expires_at: {SECRET}
+    allowed_ips: [{SECRET}]
+    rate_limit: {{ requests: 1, per: {SECRET} }}
 "
     );
     let e = errors(&text);
     assert!(!e.join("\n").contains("ThisIsASecret"), "{e:#?}");
     for line in [
-        "tokens.yaml:2: tokens[0].id: must be 1 to 128 visible ASCII characters without spaces",
-        "tokens.yaml:3: tokens[0].sha256: must be 64 lowercase hex characters (`tollgate token hash` prints it)",
-        "tokens.yaml:4: tokens[0].scopes[0]: must be visible ASCII characters without spaces",
-        "tokens.yaml:4: tokens[0].scopes[2]: duplicates tokens[0].scopes[1]",
-        "tokens.yaml:5: tokens[0].expires_at: is not an RFC 3339 time (e.g. 2027-01-01T00:00:00Z)",
-        "tokens.yaml:6: tokens[0].allowed_ips[0]: is not an IP address or CIDR (e.g. 10.0.0.0/8, 192.168.1.7 or ::1)",
-        "tokens.yaml:7: tokens[0].rate_limit.per: is not a duration greater than zero (e.g. 1s, 500ms, 1m)",
-    ] {
-        assert!(e.iter().any(|m| m == line), "missing {line:?} in {e:#?}");
-    }
+            "tokens.yaml:2: tokens[0].id: must be 1 to 128 visible ASCII characters without spaces",
+            "tokens.yaml:3: tokens[0].sha256: must be 64 lowercase hex characters (`tollgate token hash` prints it)",
+            "tokens.yaml:4: tokens[0].scopes[0]: must be visible ASCII characters without spaces",
+            "tokens.yaml:4: tokens[0].scopes[2]: duplicates tokens[0].scopes[1]",
+            "tokens.yaml:5: tokens[0].expires_at: is not an RFC 3339 time (e.g. 2027-01-01T00:00:00Z)",
+            "tokens.yaml:6: tokens[0].allowed_ips[0]: is not an IP address or CIDR (e.g. 10.0.0.0/8, 192.168.1.7 or ::1)",
+            "tokens.yaml:7: tokens[0].rate_limit.per: is not a duration greater than zero (e.g. 1s, 500ms, 1m)",
+        ] {
+            assert!(e.iter().any(|m| m == line), "missing {line:?} in {e:#?}");
+        }
 }
 
 #[tokio::test]

@@ -115,7 +115,7 @@ async fn ensure_schema_is_idempotent_and_safe_to_run_at_once() {
     a.ensure_schema().await.unwrap();
     let triggers: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM pg_trigger WHERE tgrelid = to_regclass('tollgate_tokens') \
-         AND NOT tgisinternal",
+             AND NOT tgisinternal",
     )
     .fetch_one(&db.admin)
     .await
@@ -167,9 +167,9 @@ async fn load_reads_every_column() {
     let hash = TokenHash::of(b"test");
     db.exec(&format!(
         "INSERT INTO tollgate_tokens VALUES ('grafana', '{}', 'scope:a scope:b', true, \
-         '2027-01-01T00:00:00Z', '10.0.0.0/8 192.168.1.7', 10, 1000, NULL, false, \
-         'Grafana datasource', '2025-01-01T00:00:00Z', '2025-01-02T00:00:00Z', \
-         '2025-01-03T00:00:00Z')",
+             '2027-01-01T00:00:00Z', '10.0.0.0/8 192.168.1.7', 10, 1000, NULL, false, \
+             'Grafana datasource', '2025-01-01T00:00:00Z', '2025-01-02T00:00:00Z', \
+             '2025-01-03T00:00:00Z')",
         hash.to_hex()
     ))
     .await;
@@ -202,7 +202,7 @@ async fn an_invalid_row_is_skipped_and_read_names_it_by_id_and_column() {
     source.create(&record("good", "s1")).await.unwrap();
     db.exec(&format!(
         "INSERT INTO tollgate_tokens (id, sha256, scopes, allowed_ips) \
-         VALUES ('bad', '{}', 's', '10.0.0.0/8 not-an-ip')",
+             VALUES ('bad', '{}', 's', '10.0.0.0/8 not-an-ip')",
         TokenHash::of(b"s2").to_hex()
     ))
     .await;
@@ -277,7 +277,7 @@ async fn load_index_applies_nothing_on_a_duplicate_and_skips_only_a_bad_row() {
         return;
     };
     let same_secret = "SELECT 'a' AS id, 'x' AS token, 's' AS scopes \
-                       UNION ALL SELECT 'b', 'x', 's'";
+                           UNION ALL SELECT 'b', 'x', 's'";
     let mut applied = false;
     let err = db
         .source(Some(same_secret))
@@ -289,7 +289,7 @@ async fn load_index_applies_nothing_on_a_duplicate_and_skips_only_a_bad_row() {
     assert!(!err.to_string().contains(&TokenHash::of(b"x").to_hex()));
 
     let bad_ip = "SELECT 'a' AS id, 'x' AS token, 's' AS scopes, NULL AS allowed_ips \
-                  UNION ALL SELECT 'b', 'y', 's', '10.0.0.0/8 nope'";
+                      UNION ALL SELECT 'b', 'y', 's', '10.0.0.0/8 nope'";
     let (index, _) = load_index(&db.source(Some(bad_ip)), None).await;
     let index = index.expect("the good row applies");
     assert_eq!((index.len(), index.rows_invalid()), (1, 1));
@@ -324,17 +324,17 @@ async fn custom_query_reads_a_netbox_style_table() {
     };
     db.exec(
         "CREATE TABLE users_token (id integer PRIMARY KEY, key text NOT NULL, \
-           write_enabled boolean NOT NULL, expires timestamptz NULL, \
-           allowed_ips text NULL, enabled boolean NOT NULL);
-         INSERT INTO users_token VALUES
-           (1, '0123456789abcdef0123456789abcdef01234567', true, NULL, NULL, true),
-           (2, 'fedcba9876543210fedcba9876543210fedcba98', false, '2027-01-01T00:00:00Z',
-            '10.0.0.0/8', false);",
+               write_enabled boolean NOT NULL, expires timestamptz NULL, \
+               allowed_ips text NULL, enabled boolean NOT NULL);
+             INSERT INTO users_token VALUES
+               (1, '0123456789abcdef0123456789abcdef01234567', true, NULL, NULL, true),
+               (2, 'fedcba9876543210fedcba9876543210fedcba98', false, '2027-01-01T00:00:00Z',
+                '10.0.0.0/8', false);",
     )
     .await;
     let query = "SELECT 'nb-' || id AS id, key AS token, 'scope:all' AS scopes, \
-                 NOT write_enabled AS read_only, expires AS expires_at, \
-                 NOT enabled AS disabled FROM users_token";
+                     NOT write_enabled AS read_only, expires AS expires_at, \
+                     NOT enabled AS disabled FROM users_token";
     let source = db.source(Some(query));
     source.ensure_schema().await.unwrap();
     let mut got = source.load().await.unwrap();
@@ -384,16 +384,16 @@ async fn custom_query_accepts_text_times_and_integer_flags_but_not_naive_times()
         return;
     };
     let query = "SELECT 'a' AS id, 'secret' AS token, 'x y' AS scopes, \
-                 1 AS read_only, 0::smallint AS disabled, \
-                 '2027-01-01T00:00:00+01:00'::varchar AS expires_at, \
-                 5::bigint AS rate_requests, 1000 AS rate_per_ms";
+                     1 AS read_only, 0::smallint AS disabled, \
+                     '2027-01-01T00:00:00+01:00'::varchar AS expires_at, \
+                     5::bigint AS rate_requests, 1000 AS rate_per_ms";
     let got = db.source(Some(query)).load().await.unwrap();
     assert!(got[0].read_only && !got[0].disabled);
     assert_eq!(got[0].expires_at, Some(t("2026-12-31T23:00:00Z")));
     assert_eq!(got[0].rate_limit.unwrap().requests.get(), 5);
 
     let naive = "SELECT 'a' AS id, 'secret' AS token, '' AS scopes, \
-                 '2027-01-01 00:00:00'::timestamp AS expires_at";
+                     '2027-01-01 00:00:00'::timestamp AS expires_at";
     let err = db.source(Some(naive)).load().await.unwrap_err();
     assert!(err.to_string().contains("without time zone"), "{err}");
 
@@ -512,7 +512,7 @@ async fn watch_reports_an_insert_and_survives_a_killed_connection() {
 
     let killed: i64 = sqlx::query_scalar(
         "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
-         WHERE application_name = $1 AND query LIKE 'LISTEN%'",
+             WHERE application_name = $1 AND query LIKE 'LISTEN%'",
     )
     .bind(&db.schema)
     .fetch_one(&db.admin)

@@ -113,7 +113,7 @@ async fn an_invalid_row_is_skipped_and_read_names_it_by_id_and_column() {
     raw(
         &path,
         "INSERT INTO tollgate_tokens (id, sha256, scopes, read_only) \
-         VALUES ('bad', 'abcd', 's', 0)",
+             VALUES ('bad', 'abcd', 's', 0)",
     )
     .await;
     let problem = || async {
@@ -151,13 +151,13 @@ async fn an_invalid_row_is_skipped_and_read_names_it_by_id_and_column() {
 async fn custom_query_reads_an_application_table_and_refuses_writes() {
     let (_dir, path) = temp();
     raw(
-        &path,
-        "CREATE TABLE api_keys (n INTEGER, k TEXT, rw INTEGER, until TEXT);
-         INSERT INTO api_keys VALUES (1, 'plain-1', 1, NULL), (2, 'plain-2', 0, '2027-01-01T00:00:00Z');",
-    )
-    .await;
+            &path,
+            "CREATE TABLE api_keys (n INTEGER, k TEXT, rw INTEGER, until TEXT);
+             INSERT INTO api_keys VALUES (1, 'plain-1', 1, NULL), (2, 'plain-2', 0, '2027-01-01T00:00:00Z');",
+        )
+        .await;
     let query = "SELECT 'k-' || n AS id, k AS token, 'scope:all' AS scopes, \
-                 NOT rw AS read_only, until AS expires_at FROM api_keys ORDER BY n";
+                     NOT rw AS read_only, until AS expires_at FROM api_keys ORDER BY n";
     let source = SqliteSource::new(path, Some(query.into()));
     source.ensure_schema().await.unwrap();
     let got = source.load().await.unwrap();
