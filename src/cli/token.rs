@@ -363,7 +363,6 @@ mod tests {
             },
             query: None,
             refresh_interval: Duration::from_secs(5),
-            split: None,
         })
         .unwrap()
     }

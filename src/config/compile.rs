@@ -263,70 +263,11 @@ impl Compiler<'_> {
             "5s",
             false,
         );
-        let split = self.split(spec.split, spec.peppers);
         TokenSourceSettings {
             kind,
             query,
             refresh_interval,
-            split,
         }
-    }
-
-    /// `tokens.split` with its `tokens.peppers`. A pepper's value is never
-    /// quoted in an error.
-    fn split(
-        &mut self,
-        spec: Option<schema::SplitSpec>,
-        peppers: Option<std::collections::BTreeMap<String, String>>,
-    ) -> Option<crate::tokens::split::SplitTokens> {
-        let Some(spec) = spec else {
-            if peppers.is_some() {
-                self.report
-                    .error("tokens.peppers", "is only used with tokens.split");
-            }
-            return None;
-        };
-        let prefix = self.string("tokens.split.prefix", &spec.prefix);
-        let separator = self.string("tokens.split.separator", &spec.separator);
-        for (key, value) in [("prefix", &prefix), ("separator", &separator)] {
-            if value.is_empty() || !value.bytes().all(|b| b.is_ascii_graphic()) {
-                self.report.error(
-                    &format!("tokens.split.{key}"),
-                    "must be one or more visible ASCII characters",
-                );
-            }
-        }
-        let peppers = peppers.unwrap_or_default();
-        if peppers.is_empty() {
-            self.report.error(
-                "tokens.peppers",
-                "is required with tokens.split: the HMAC keys by pepper id, e.g. { \"1\": \"${NETBOX_PEPPER_1}\" }",
-            );
-        }
-        let mut keys = std::collections::HashMap::new();
-        for (id, raw) in peppers {
-            let path = format!("tokens.peppers.{id}");
-            // Expanded like any value; an error names the variable, never
-            // the value.
-            let value = match env::expand(&raw, self.env) {
-                Ok(v) => v,
-                Err(m) => {
-                    self.report.error(&path, m);
-                    continue;
-                }
-            };
-            if id.is_empty() || !id.bytes().all(|b| b.is_ascii_graphic()) {
-                self.report
-                    .error(&path, "a pepper id must be visible ASCII characters");
-            }
-            if value.is_empty() {
-                self.report.error(&path, "is empty");
-            }
-            keys.insert(id.into_boxed_str(), value.into_bytes().into_boxed_slice());
-        }
-        Some(crate::tokens::split::SplitTokens::new(
-            &prefix, &separator, keys,
-        ))
     }
 
     fn postgres_url(&mut self, raw: Option<&str>) -> String {

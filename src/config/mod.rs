@@ -107,8 +107,6 @@ pub struct TokenSourceSettings {
     /// Custom SQL returning the columns of §4 (database sources only).
     pub query: Option<String>,
     pub refresh_interval: Duration,
-    /// `tokens.split` and `tokens.peppers`; `None` without split tokens.
-    pub split: Option<crate::tokens::split::SplitTokens>,
 }
 
 #[derive(Debug, Clone)]

@@ -80,18 +80,6 @@ pub(crate) struct TokensSpec {
     pub query: Option<String>,
     #[serde(default)]
     pub refresh_interval: Option<String>,
-    #[serde(default)]
-    pub split: Option<SplitSpec>,
-    /// Pepper id → HMAC key. A `BTreeMap` so errors come in a stable order.
-    #[serde(default)]
-    pub peppers: Option<std::collections::BTreeMap<String, String>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct SplitSpec {
-    pub prefix: String,
-    pub separator: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
