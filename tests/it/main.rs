@@ -15,6 +15,7 @@ mod limits;
 mod observability;
 mod paths;
 mod scaleout;
+mod sessions;
 mod support;
 mod tls;
 mod websocket;
