@@ -704,7 +704,7 @@ fn an_anonymous_root_route_warns_what_it_exposes() {
         w.starts_with("routes[1]: anonymous: read on prefix \"/\""),
         "{w}"
     );
-    assert!(w.contains("except what /api protect"), "{w}");
+    assert!(w.contains("everything except /api (e.g."), "{w}");
     // An anonymous leaf route covering nothing else is not a finding.
     let s = ok(&edit(
         "    scopes: [\"*\"]\n",

@@ -27,13 +27,13 @@ pub(super) fn anonymous_exposure(routes: &[RouteSettings]) -> Vec<String> {
         let except = if covered.is_empty() {
             String::new()
         } else {
-            format!(" except what {} protect", covered.join(", "))
+            format!(", everything except {}", covered.join(", "))
         };
         out.push(format!(
-            "routes[{i}]: anonymous: read on prefix {:?} lets anyone read every path under it{except} \
-             from {} without a token (e.g. {}/config or any file the upstream serves); \
-             a longer protected prefix wins only for its own paths. For a browser UI use \
-             browser: true with sessions instead",
+            "routes[{i}]: anonymous: read on prefix {:?} lets anyone read, without a token, every path \
+             of {} under it that no protected route claims{except} (e.g. {}/index.html, a config \
+             file, any other API); a longer protected prefix wins only for its own paths. For a \
+             browser UI use browser: true with sessions instead",
             open.prefix,
             open.upstream,
             open.prefix.trim_end_matches('/'),

@@ -7,6 +7,7 @@
 
 pub mod hash;
 pub mod index;
+pub mod published;
 pub mod record;
 pub mod secret;
 pub mod source;
