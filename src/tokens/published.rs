@@ -31,10 +31,12 @@ fn published_in(hash: &TokenHash) -> Option<&'static str> {
     })
 }
 
-/// One warning per record whose secret is a published example secret.
+/// One warning per usable (not disabled) record whose secret is a
+/// published example secret.
 pub fn warnings(records: &[TokenRecord]) -> Vec<String> {
     records
         .iter()
+        .filter(|r| !r.disabled)
         .filter_map(|r| {
             let file = published_in(&r.hash)?;
             Some(format!(
