@@ -359,7 +359,7 @@ fn sign_in_location(uri: &Uri) -> HeaderValue {
 /// Whether a request comes from a page of the same origin:
 /// `Sec-Fetch-Site: same-origin`, or an `Origin` equal to the request's own
 /// scheme and host (the listener's scheme; the `Host` or `:authority`).
-fn same_origin(head: Head<'_>, tls: bool) -> bool {
+pub(super) fn same_origin(head: Head<'_>, tls: bool) -> bool {
     if head
         .headers
         .get("sec-fetch-site")

@@ -6,7 +6,8 @@
 //! A login is judged like a request with that token: not ready → 503, an
 //! address locked out by `failed_auth_per_ip` → 429, an unknown, disabled,
 //! expired or mistyped token → 401 and counted against the address,
-//! `allowed_ips` → 403. Invariant: the submitted token is read, hashed
+//! `allowed_ips` → 403; a POST from another site's page → 403
+//! `cross_site_request` (login CSRF). Invariant: the submitted token is read, hashed
 //! and dropped; no page ever contains it, and `next` leads only to a path
 //! of this site.
 
@@ -79,6 +80,12 @@ pub async fn answer<'p, E: BodyEnd>(
         resp.headers_mut()
             .insert(RETRY_AFTER, HeaderValue::from(retry_after.max(1)));
         return Ok(resp);
+    }
+    // A form posted from another site must not sign the browser in (or
+    // out): a browser's POST says where it comes from; a script's says
+    // nothing and is judged by its token alone.
+    if req.method() == Method::POST && !from_this_site(&req, ex.tls) {
+        return Err(Reject::CrossSiteRequest);
     }
     match (page, req.method()) {
         (Page::Login, &Method::GET | &Method::HEAD) => {
@@ -169,6 +176,16 @@ pub async fn answer<'p, E: BodyEnd>(
     resp.headers_mut()
         .insert(SET_COOKIE, sessions.set_cookie(&value, lifetime, ex.tls));
     Ok(resp)
+}
+
+/// Whether a POST came from a page of this site, or from no page at all
+/// (no `Origin`, no `Sec-Fetch-Site`).
+fn from_this_site(req: &Request<Incoming>, tls: bool) -> bool {
+    let h = req.headers();
+    if !h.contains_key(http::header::ORIGIN) && !h.contains_key("sec-fetch-site") {
+        return true;
+    }
+    super::admit::same_origin(super::Head::of(req), tls)
 }
 
 fn redirect<E: BodyEnd>(location: &str) -> Response<ResponseBody<E>> {

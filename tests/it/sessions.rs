@@ -477,3 +477,25 @@ async fn the_cookie_is_secure_on_a_tls_listener() {
     let r = login(gw.addr(), AGENT, "/app").await;
     assert!(!r.header("set-cookie").unwrap().contains("Secure"));
 }
+
+#[tokio::test]
+async fn another_site_cannot_sign_a_browser_in_or_out() {
+    let (_up, gw) = browser_gateway("").await;
+    let body = form(&[("token", AGENT), ("next", "/app")]);
+    for from in ["Origin: http://evil.example", "Sec-Fetch-Site: cross-site"] {
+        for path in ["/.tollgate/login", "/.tollgate/logout"] {
+            let r = request(gw.addr(), "POST", path, &[from], &body).await;
+            assert_refusal(&r, 403, "cross_site_request");
+            assert!(r.header("set-cookie").is_none());
+        }
+    }
+    let r = request(
+        gw.addr(),
+        "POST",
+        "/.tollgate/login",
+        &["Origin: http://gw.test"],
+        &body,
+    )
+    .await;
+    assert_eq!(r.status, 303, "{}", r.head);
+}
