@@ -38,7 +38,7 @@ pub fn target(data: &[u8]) {
         return;
     };
     for version in [Version::HTTP_11, Version::HTTP_2] {
-        let Ok(t) = target::parse_versioned(version, &uri) else {
+        let Ok(t) = target::parse_versioned(version, &uri, false) else {
             continue;
         };
         check_canonical(&t.path);

@@ -7,7 +7,7 @@
 //! expired or mistyped token is one and the same.
 
 use bytes::Bytes;
-use http::header::{CONNECTION, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::header::{CONNECTION, CONTENT_TYPE, LOCATION, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderValue, Response, StatusCode};
 
 use crate::proxy::body::{BodyEnd, ResponseBody};
@@ -26,6 +26,12 @@ pub enum Reject {
     /// Carries the route's prebuilt `WWW-Authenticate` challenge.
     InsufficientScope(HeaderValue),
     ReadOnlyToken,
+    /// A session-authenticated write that did not come from the same
+    /// origin.
+    CrossSiteRequest,
+    /// No credential on a `browser: true` route, asked by a browser: 303
+    /// to the login page at this `Location` (a `missing_token` answer).
+    SignIn(HeaderValue),
     BodyTooLarge,
     UriTooLong,
     /// The request body's framing is malformed (bad chunked encoding).
@@ -116,6 +122,12 @@ impl Reject {
                 "read_only_token",
                 "This request writes and the token is read-only."
             ),
+            CrossSiteRequest => &answer!(
+                403,
+                "cross_site_request",
+                "A request that writes with a browser session must come from this site."
+            ),
+            SignIn(_) => &answer!(303, "missing_token", "Sign in to continue."),
             BodyTooLarge => &answer!(
                 413,
                 "body_too_large",
@@ -180,12 +192,16 @@ impl Reject {
             Reject::Draining => {
                 h.insert(CONNECTION, HeaderValue::from_static("close"));
             }
+            Reject::SignIn(location) => {
+                h.insert(LOCATION, location);
+            }
             Reject::BadPath
             | Reject::AmbiguousCredentials
             | Reject::MethodNotAllowed
             | Reject::NoRoute
             | Reject::IpNotAllowed
             | Reject::ReadOnlyToken
+            | Reject::CrossSiteRequest
             | Reject::BodyTooLarge
             | Reject::UriTooLong
             | Reject::BadRequest
@@ -255,6 +271,8 @@ mod tests {
             IpNotAllowed,
             InsufficientScope(HeaderValue::from_static("Bearer")),
             ReadOnlyToken,
+            CrossSiteRequest,
+            SignIn(HeaderValue::from_static("/.tollgate/login")),
             BodyTooLarge,
             UriTooLong,
             BadRequest,

@@ -95,7 +95,7 @@ pub fn parse(uri: &Uri) -> Result<Target<'_>, BadPath> {
     if uri.scheme().is_some() || uri.authority().is_some() {
         return Err(BadPath::NotOriginForm);
     }
-    parse_path_and_query(uri)
+    parse_path_and_query(uri, false)
 }
 
 /// Canonicalises a request target, whatever its HTTP version.
@@ -103,15 +103,20 @@ pub fn parse(uri: &Uri) -> Result<Target<'_>, BadPath> {
 /// HTTP/1: as [`parse`] (origin form only). HTTP/2 and later: the URI's
 /// scheme and authority come from the `:scheme` and `:authority`
 /// pseudo-headers and are allowed; `:path` must satisfy the same rules.
-pub fn parse_versioned(version: Version, uri: &Uri) -> Result<Target<'_>, BadPath> {
-    if version >= Version::HTTP_2 {
-        parse_path_and_query(uri)
-    } else {
-        parse(uri)
+/// With `merge_slashes` (`paths.merge_slashes`), runs of `/` collapse to
+/// one instead of being an empty segment.
+pub fn parse_versioned(
+    version: Version,
+    uri: &Uri,
+    merge_slashes: bool,
+) -> Result<Target<'_>, BadPath> {
+    if version < Version::HTTP_2 && (uri.scheme().is_some() || uri.authority().is_some()) {
+        return Err(BadPath::NotOriginForm);
     }
+    parse_path_and_query(uri, merge_slashes)
 }
 
-fn parse_path_and_query(uri: &Uri) -> Result<Target<'_>, BadPath> {
+fn parse_path_and_query(uri: &Uri, merge_slashes: bool) -> Result<Target<'_>, BadPath> {
     let Some(pq) = uri.path_and_query() else {
         return Err(BadPath::NotOriginForm);
     };
@@ -124,7 +129,7 @@ fn parse_path_and_query(uri: &Uri) -> Result<Target<'_>, BadPath> {
     if !raw.starts_with('/') {
         return Err(BadPath::NotOriginForm);
     }
-    let path = canonical_path(pq.path())?;
+    let path = canonicalise(pq.path(), merge_slashes)?;
     let query = pq.query().map(|q| match q.find('#') {
         Some(i) => &q[..i],
         None => q,
@@ -138,6 +143,12 @@ fn parse_path_and_query(uri: &Uri) -> Result<Target<'_>, BadPath> {
 /// Borrows `path` when nothing is decoded. `canonical_path(p)` of a
 /// returned `p` returns `p` unchanged.
 pub fn canonical_path(path: &str) -> Result<Cow<'_, str>, BadPath> {
+    canonicalise(path, false)
+}
+
+/// [`canonical_path`], where with `merge_slashes` a run of `/` is one `/`
+/// (every other rule still holds, so `//./` is still a dot segment).
+pub fn canonicalise(path: &str, merge_slashes: bool) -> Result<Cow<'_, str>, BadPath> {
     let bytes = path.as_bytes();
     if bytes.first() != Some(&b'/') {
         return Err(BadPath::NotOriginForm);
@@ -160,7 +171,16 @@ pub fn canonical_path(path: &str) -> Result<Cow<'_, str>, BadPath> {
         match b {
             b'/' => {
                 if i == seg_start {
-                    return Err(BadPath::EmptySegment);
+                    if !merge_slashes {
+                        return Err(BadPath::EmptySegment);
+                    }
+                    // Drop this `/`: the segment starts after it.
+                    let s = out.get_or_insert_with(|| String::with_capacity(path.len()));
+                    s.push_str(&path[copied..i]);
+                    copied = i + 1;
+                    seg_start = i + 1;
+                    i += 1;
+                    continue;
                 }
                 if only_dots && dots <= 2 {
                     return Err(BadPath::DotSegment);
@@ -351,6 +371,23 @@ mod tests {
         for (input, want) in cases {
             let got = path(input);
             assert_eq!(got.as_deref().map_err(|e| *e), *want, "input {input}");
+        }
+    }
+
+    #[test]
+    fn merged_slashes_collapse_and_every_other_rule_still_holds() {
+        let merged = |p: &str| canonicalise(p, true).map(Cow::into_owned);
+        assert_eq!(merged("//api/v1/info").as_deref(), Ok("/api/v1/info"));
+        assert_eq!(merged("/a///b//").as_deref(), Ok("/a/b/"));
+        assert_eq!(merged("//").as_deref(), Ok("/"));
+        assert_eq!(merged("/a//%41").as_deref(), Ok("/a/A"));
+        assert_eq!(merged("/a//./b"), Err(BadPath::DotSegment));
+        assert_eq!(merged("/a//%2e%2e"), Err(BadPath::DotSegment));
+        assert_eq!(merged("//a;b"), Err(BadPath::Semicolon));
+        assert_eq!(canonical_path("//api"), Err(BadPath::EmptySegment));
+        for p in ["//a//b", "/x//y/", "///"] {
+            let once = merged(p).unwrap();
+            assert_eq!(canonicalise(&once, false).as_deref(), Ok(once.as_str()));
         }
     }
 
@@ -560,7 +597,7 @@ mod tests {
         assert_eq!(path("*"), Err(BadPath::Asterisk));
         let uri: Uri = "*".parse().unwrap();
         assert_eq!(
-            parse_versioned(Version::HTTP_2, &uri),
+            parse_versioned(Version::HTTP_2, &uri, false),
             Err(BadPath::Asterisk)
         );
     }
@@ -575,22 +612,22 @@ mod tests {
     #[test]
     fn http2_targets_carry_scheme_and_authority_and_are_accepted() {
         let uri: Uri = "https://example.com/api/%7Ex?q=1".parse().unwrap();
-        let t = parse_versioned(Version::HTTP_2, &uri).unwrap();
+        let t = parse_versioned(Version::HTTP_2, &uri, false).unwrap();
         assert_eq!(t.path, "/api/~x");
         assert_eq!(t.query, Some("q=1"));
         assert_eq!(
-            parse_versioned(Version::HTTP_11, &uri),
+            parse_versioned(Version::HTTP_11, &uri, false),
             Err(BadPath::NotOriginForm)
         );
         let uri: Uri = "https://example.com/a/../b".parse().unwrap();
         assert_eq!(
-            parse_versioned(Version::HTTP_2, &uri),
+            parse_versioned(Version::HTTP_2, &uri, false),
             Err(BadPath::DotSegment)
         );
         // Plain CONNECT over HTTP/2 has no path at all.
         let uri: Uri = "example.com:443".parse().unwrap();
         assert_eq!(
-            parse_versioned(Version::HTTP_2, &uri),
+            parse_versioned(Version::HTTP_2, &uri, false),
             Err(BadPath::NotOriginForm)
         );
     }
@@ -598,9 +635,12 @@ mod tests {
     #[test]
     fn the_version_decides_whether_an_absolute_target_is_allowed() {
         let uri: Uri = "https://example.com/a".parse().unwrap();
-        assert_eq!(parse_versioned(Version::HTTP_2, &uri).unwrap().path, "/a");
         assert_eq!(
-            parse_versioned(Version::HTTP_11, &uri),
+            parse_versioned(Version::HTTP_2, &uri, false).unwrap().path,
+            "/a"
+        );
+        assert_eq!(
+            parse_versioned(Version::HTTP_11, &uri, false),
             Err(BadPath::NotOriginForm)
         );
     }

@@ -9,8 +9,10 @@
 //! logged or copied. Does no I/O.
 
 pub mod credential;
+pub mod session;
 
 pub use credential::{Ambiguous, Credential, CredentialHeader};
+pub use session::Sessions;
 
 use std::net::IpAddr;
 
@@ -80,6 +82,8 @@ pub struct RouteAccess {
     pub challenge: HeaderValue,
     /// `anonymous: read`.
     pub anonymous_read: bool,
+    /// `browser: true`: a session cookie is a credential here.
+    pub browser: bool,
 }
 
 /// The live entry for a presented token, or `None` for every kind of

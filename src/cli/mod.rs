@@ -195,6 +195,7 @@ async fn check(path: &Path) -> anyhow::Result<()> {
         .filter(|r| r.from_plaintext)
         .map(|r| r.id.to_string())
         .collect();
+    let published = crate::tokens::published::warnings(&records);
     let index = TokenIndex::build(records)
         .map_err(|e| anyhow::anyhow!("{}: tokens: {e}", path.display()))?;
     // The policy (TLS files, CA bundles) is built too, as serve would.
@@ -211,6 +212,9 @@ async fn check(path: &Path) -> anyhow::Result<()> {
         .collect();
     crate::policy::Policy::build(&settings, &retained)?;
     for w in &settings.warnings {
+        eprintln!("warning: {w}");
+    }
+    for w in &published {
         eprintln!("warning: {w}");
     }
     for id in &plaintext {

@@ -8,8 +8,10 @@
 //! client_ip.trusted_proxies []; limits backend local, per_token
 //! {100, 1s, 200}, failed_auth_per_ip {20, 1m, 20}, max_header_bytes 16384,
 //! max_body_bytes unlimited, max_connections unlimited; timeouts header_read 10s, upstream_connect 3s,
-//! upstream_response 30s, idle 60s, shutdown_grace 30s. Required: at least
-//! one `listen` entry, `tokens.source`, and at least one route.
+//! upstream_response 30s, idle 60s, shutdown_grace 30s; sessions none (with
+//! it: lifetime 12h, cookie `tollgate_session`); paths.merge_slashes false;
+//! routes[].browser false. Required: at least one `listen` entry,
+//! `tokens.source`, and at least one route.
 //!
 //! Invariant: every problem is collected before returning, and a
 //! [`Settings`] is returned only when none was found. The only I/O is
@@ -25,9 +27,12 @@ use super::yaml::{self, Report};
 use super::{env, values};
 use super::{
     AuthSettings, ClientIpSettings, ConfigErrors, LimitBackend, LimitSettings, Lines, Listener,
-    LogFormat, LogSettings, RouteScopes, RouteSettings, Settings, SourceKind, Timeouts, TlsFiles,
-    TokenSourceSettings,
+    LogFormat, LogSettings, RouteScopes, RouteSettings, SessionSecret, SessionSettings, Settings,
+    SourceKind, Timeouts, TlsFiles, TokenSourceSettings,
 };
+
+/// Shortest `sessions.secret` accepted, in bytes.
+const MIN_SESSION_SECRET_BYTES: usize = 32;
 
 /// Largest config file accepted.
 pub(crate) const MAX_CONFIG_BYTES: usize = 4 << 20;
@@ -81,6 +86,23 @@ impl Compiler<'_> {
             &auth,
         );
         let routes = self.routes(config.routes, &auth);
+        let sessions = config.sessions.map(|s| self.sessions(s));
+        if sessions.is_none() {
+            for (i, r) in routes.iter().enumerate() {
+                if r.browser {
+                    self.report.error(
+                        &format!("routes[{i}].browser"),
+                        "needs sessions (sessions.secret) to accept a session cookie; add sessions or remove browser",
+                    );
+                }
+            }
+        }
+        let merge_slashes = self.report.bool(
+            "paths.merge_slashes",
+            config.paths.unwrap_or_default().merge_slashes,
+            false,
+        );
+        let warnings = super::warnings::anonymous_exposure(&routes);
         Settings {
             file: file.to_path_buf(),
             listeners,
@@ -92,8 +114,10 @@ impl Compiler<'_> {
             limits: self.limits(config.limits.unwrap_or_default()),
             timeouts: self.timeouts(config.timeouts.unwrap_or_default()),
             remove_request_headers,
+            sessions,
+            merge_slashes,
             routes,
-            warnings: Vec::new(),
+            warnings,
             lines: Lines::default(),
         }
     }
@@ -335,6 +359,46 @@ impl Compiler<'_> {
             all_scope,
             realm,
             forward_credentials,
+        }
+    }
+
+    /// `sessions`: the secret is never quoted in a message.
+    fn sessions(&mut self, spec: schema::SessionsSpec) -> SessionSettings {
+        let secret = match env::expand(&spec.secret, self.env) {
+            Ok(s) => Some(s),
+            Err(m) => {
+                // Other expansion errors quote text of the value.
+                let m = if m.starts_with("environment variable") {
+                    m
+                } else {
+                    "cannot be expanded; write ${NAME} and set NAME in the environment".into()
+                };
+                self.report.error("sessions.secret", m);
+                None
+            }
+        };
+        if secret
+            .as_ref()
+            .is_some_and(|s| s.len() < MIN_SESSION_SECRET_BYTES)
+        {
+            self.report.error(
+                "sessions.secret",
+                format!(
+                    "is shorter than {MIN_SESSION_SECRET_BYTES} bytes; use a random value, e.g. from `openssl rand -base64 32`"
+                ),
+            );
+        }
+        let lifetime = self.duration("sessions.lifetime", spec.lifetime.as_deref(), "12h", false);
+        let cookie = self.string(
+            "sessions.cookie",
+            spec.cookie.as_deref().unwrap_or("tollgate_session"),
+        );
+        self.report
+            .check("sessions.cookie", values::cookie_name(&cookie));
+        SessionSettings {
+            secret: SessionSecret(secret.unwrap_or_default().into_bytes().into()),
+            lifetime,
+            cookie,
         }
     }
 
@@ -603,6 +667,9 @@ impl Compiler<'_> {
                 upstream_ca,
                 read_methods,
                 remove_request_headers,
+                browser: self
+                    .report
+                    .bool(&format!("{p}.browser"), spec.browser, false),
             });
         }
         out

@@ -10,6 +10,8 @@ fn env(name: &str) -> Option<String> {
     match name {
         "UPSTREAM" => Some("http://10.0.0.5:8000".into()),
         "PORT" => Some("9000".into()),
+        "LONG_SECRET" => Some("s3cr3t-0123456789-0123456789-0123456789".into()),
+        "SHORT_SECRET" => Some("s3cr3t-short".into()),
         _ => None,
     }
 }
@@ -297,7 +299,7 @@ fn unknown_keys_name_the_path_line_and_allowed_keys() {
         e,
         [
             "g.yaml:9: routes[0].scope: unknown key; allowed keys: prefix, upstream, scopes, \
-          anonymous, strip_prefix, upstream_response_timeout, max_body_bytes, upstream_ca, read_methods, remove_request_headers"
+          anonymous, strip_prefix, upstream_response_timeout, max_body_bytes, upstream_ca, read_methods, remove_request_headers, browser"
         ]
     );
     let e = errors(&format!(
@@ -622,4 +624,93 @@ fn unreadable_config_names_the_file() {
             .starts_with("/nonexistent/gateway.yaml: cannot read config:"),
         "{e}"
     );
+}
+
+#[test]
+fn sessions_get_their_defaults_and_browser_routes_need_them() {
+    let s = ok(MINIMAL);
+    assert!(s.sessions.is_none());
+    assert!(!s.merge_slashes);
+    assert!(!s.routes[0].browser);
+    let text = format!(
+        "{}    browser: true\nsessions:\n  secret: ${{LONG_SECRET}}\npaths:\n  merge_slashes: true\n",
+        MINIMAL
+    );
+    let s = ok(&text);
+    let sessions = s.sessions.as_ref().unwrap();
+    assert_eq!(sessions.lifetime, Duration::from_secs(12 * 3600));
+    assert_eq!(sessions.cookie, "tollgate_session");
+    assert_eq!(
+        &*sessions.secret.0,
+        b"s3cr3t-0123456789-0123456789-0123456789"
+    );
+    assert!(s.routes[0].browser);
+    assert!(s.merge_slashes);
+    assert!(!format!("{s:?}").contains("s3cr3t"));
+    assert_eq!(
+        errors(&format!("{MINIMAL}    browser: true\n")),
+        ["g.yaml:10: routes[0].browser: needs sessions (sessions.secret) to accept a session cookie; add sessions or remove browser"]
+    );
+}
+
+#[test]
+fn a_short_or_unset_session_secret_is_refused_without_showing_it() {
+    for (secret, want) in [
+        (
+            "${SHORT_SECRET}",
+            "g.yaml:11: sessions.secret: is shorter than 32 bytes",
+        ),
+        (
+            "s3cr3t-inline",
+            "g.yaml:11: sessions.secret: is shorter than 32 bytes",
+        ),
+        (
+            "${NOPE}",
+            "g.yaml:11: sessions.secret: environment variable NOPE is not set",
+        ),
+        (
+            "s3cr3t-${bad name}-0123456789-0123456789",
+            "g.yaml:11: sessions.secret: cannot be expanded",
+        ),
+    ] {
+        let e = errors(&format!("{MINIMAL}sessions:\n  secret: \"{secret}\"\n"));
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].starts_with(want), "{e:?}");
+        assert!(!e[0].contains("s3cr3t"), "{e:?}");
+    }
+    let e = errors(&format!(
+        "{MINIMAL}sessions:\n  secret: ${{LONG_SECRET}}\n  cookie: \"a b\"\n  lifetime: 0s\n"
+    ));
+    assert_eq!(e.len(), 2, "{e:?}");
+    assert!(
+        e[0].starts_with("g.yaml:12: sessions.cookie: \"a b\" is not a cookie name"),
+        "{e:?}"
+    );
+    assert!(e[1].starts_with("g.yaml:13: sessions.lifetime:"), "{e:?}");
+}
+
+#[test]
+fn merge_slashes_is_a_strict_boolean() {
+    let e = errors(&format!("{MINIMAL}paths:\n  merge_slashes: yes\n"));
+    assert!(e[0].starts_with("g.yaml:11: paths.merge_slashes:"), "{e:?}");
+}
+
+#[test]
+fn an_anonymous_root_route_warns_what_it_exposes() {
+    let s = ok(&format!(
+        "{MINIMAL}  - prefix: /\n    upstream: http://127.0.0.1:19999\n    scopes: [\"*\"]\n    anonymous: read\n"
+    ));
+    assert_eq!(s.warnings.len(), 1, "{:?}", s.warnings);
+    let w = &s.warnings[0];
+    assert!(
+        w.starts_with("routes[1]: anonymous: read on prefix \"/\""),
+        "{w}"
+    );
+    assert!(w.contains("everything except /api (e.g."), "{w}");
+    // An anonymous leaf route covering nothing else is not a finding.
+    let s = ok(&edit(
+        "    scopes: [\"*\"]\n",
+        "    scopes: [\"*\"]\n    anonymous: read\n",
+    ));
+    assert!(s.warnings.is_empty(), "{:?}", s.warnings);
 }

@@ -13,6 +13,7 @@ pub(crate) mod schema;
 mod spans;
 pub mod units;
 pub(crate) mod values;
+mod warnings;
 pub(crate) mod yaml;
 
 use std::net::SocketAddr;
@@ -44,6 +45,10 @@ pub struct Settings {
     pub timeouts: Timeouts,
     /// `forwarding.remove_request_headers`: removed on every route.
     pub remove_request_headers: Vec<HeaderName>,
+    /// `sessions`: browser sessions after a login; `None` without the key.
+    pub sessions: Option<SessionSettings>,
+    /// `paths.merge_slashes`: runs of `/` collapse to one before matching.
+    pub merge_slashes: bool,
     /// Routes in config order (the route table sorts them for matching).
     pub routes: Vec<RouteSettings>,
     /// Non-fatal findings, printed by `check` (e.g. plaintext tokens).
@@ -153,6 +158,27 @@ pub struct Timeouts {
     pub shutdown_grace: Duration,
 }
 
+/// `sessions` (SPEC §7.4).
+#[derive(Debug, Clone)]
+pub struct SessionSettings {
+    pub secret: SessionSecret,
+    /// How long a session lasts (never beyond its token's expiry).
+    pub lifetime: Duration,
+    /// The cookie's name (an RFC 6265 token).
+    pub cookie: String,
+}
+
+/// The key sessions are signed with (at least 32 bytes). `Debug` never
+/// shows it.
+#[derive(Clone)]
+pub struct SessionSecret(pub std::sync::Arc<[u8]>);
+
+impl std::fmt::Debug for SessionSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SessionSecret(..)")
+    }
+}
+
 /// Which tokens a route accepts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RouteScopes {
@@ -181,6 +207,8 @@ pub struct RouteSettings {
     pub read_methods: Option<Vec<http::Method>>,
     /// `remove_request_headers` of this route.
     pub remove_request_headers: Vec<HeaderName>,
+    /// `browser`: a session cookie is a credential here.
+    pub browser: bool,
 }
 
 /// Reads, expands, parses and validates the config at `path`.

@@ -26,7 +26,39 @@ pub(crate) struct Config {
     pub timeouts: Option<TimeoutsSpec>,
     #[serde(default)]
     pub forwarding: Option<ForwardingSpec>,
+    #[serde(default)]
+    pub sessions: Option<SessionsSpec>,
+    #[serde(default)]
+    pub paths: Option<PathsSpec>,
     pub routes: Vec<RouteSpec>,
+}
+
+/// `sessions:` (SPEC §7.4): browser sessions after a login.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SessionsSpec {
+    pub secret: String,
+    #[serde(default)]
+    pub lifetime: Option<String>,
+    #[serde(default)]
+    pub cookie: Option<String>,
+}
+
+/// Never shows the secret (it may be written inline).
+impl std::fmt::Debug for SessionsSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionsSpec")
+            .field("lifetime", &self.lifetime)
+            .field("cookie", &self.cookie)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PathsSpec {
+    #[serde(default)]
+    pub merge_slashes: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -168,4 +200,6 @@ pub(crate) struct RouteSpec {
     pub read_methods: Option<Vec<String>>,
     #[serde(default)]
     pub remove_request_headers: Option<Vec<String>>,
+    #[serde(default)]
+    pub browser: Option<bool>,
 }

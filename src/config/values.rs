@@ -172,6 +172,23 @@ pub(crate) fn scheme(s: &str) -> Result<String, String> {
     Ok(s.to_ascii_lowercase())
 }
 
+/// `sessions.cookie`: a cookie name (an RFC 6265 token of letters, digits
+/// and `-_.`), at most 64 characters.
+pub(crate) fn cookie_name(s: &str) -> Result<(), String> {
+    if s.is_empty() || s.len() > 64 {
+        return Err("must be 1 to 64 characters".into());
+    }
+    if !s
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
+        return Err(format!(
+            "{s:?} is not a cookie name; use letters, digits, \"-\", \"_\" and \".\""
+        ));
+    }
+    Ok(())
+}
+
 /// `realm` of `WWW-Authenticate`: goes inside a quoted string unescaped.
 pub(crate) fn realm(s: &str) -> Result<(), String> {
     if s.is_empty() {

@@ -9,8 +9,8 @@
 use std::fmt;
 use std::time::UNIX_EPOCH;
 
-use http::header::CONTENT_LENGTH;
-use http::{HeaderMap, HeaderName, Method, Uri, Version};
+use http::header::{ACCEPT, CONTENT_LENGTH, ORIGIN};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri, Version};
 
 use super::Exchange;
 use crate::config::RouteScopes;
@@ -116,10 +116,11 @@ impl<'p> Admission<'p> {
         if head.uri.path_and_query().map_or(0, |pq| pq.as_str().len()) > MAX_URI_BYTES {
             return Err(Reject::UriTooLong);
         }
-        let target = target::parse_versioned(head.version, head.uri).map_err(|e| {
-            trace.note("path", format_args!("refused ({e})"));
-            Reject::BadPath
-        })?;
+        let target = target::parse_versioned(head.version, head.uri, policy.merge_slashes)
+            .map_err(|e| {
+                trace.note("path", format_args!("refused ({e})"));
+                Reject::BadPath
+            })?;
         // 2. Readiness.
         if self.draining {
             return Err(Reject::Draining);
@@ -172,6 +173,15 @@ impl<'p> Admission<'p> {
                 "route requires",
                 format_args!("{scopes}; anonymous read: {}", route.access.anonymous_read),
             );
+            if route.access.browser && policy.sessions.is_some() {
+                trace.note(
+                    "session",
+                    format_args!(
+                        "a browser session (cookie from {}) is accepted here instead of a token (browser: true); writes with it must come from the same origin",
+                        crate::auth::session::LOGIN_PATH
+                    ),
+                );
+            }
         }
         ex.writes = method::writes(head.method, head.headers, target.query, &route.read_methods);
         ex.websocket = method::is_websocket_upgrade(head.headers);
@@ -191,20 +201,40 @@ impl<'p> Admission<'p> {
         trace.note("writes", format_args!("{}", ex.writes));
         // 5. Credentials.
         let entry = match who {
-            Who::Headers => match policy
-                .credentials
-                .extract(head.headers)
-                .map_err(|_| Reject::AmbiguousCredentials)?
-            {
-                None => None,
-                Some(credential) => {
-                    let Some(entry) = auth::lookup(tokens, &credential.token, unix_now) else {
+            Who::Headers => {
+                let credential = policy
+                    .credentials
+                    .extract(head.headers)
+                    .map_err(|_| Reject::AmbiguousCredentials)?;
+                // On a browser route the session cookie is one more
+                // credential: beside another one it is ambiguous.
+                let session = match &policy.sessions {
+                    Some(sessions) if route.access.browser => sessions
+                        .find(head.headers)
+                        .map_err(|_| Reject::AmbiguousCredentials)?
+                        .map(|cookie| (sessions, cookie)),
+                    _ => None,
+                };
+                let found = match (credential, session) {
+                    (Some(_), Some(_)) => return Err(Reject::AmbiguousCredentials),
+                    (None, None) => None,
+                    (Some(credential), None) => {
+                        Some(auth::lookup(tokens, &credential.token, unix_now))
+                    }
+                    (None, Some((sessions, cookie))) => {
+                        ex.session = true;
+                        Some(session_token(sessions, tokens, cookie, unix_now))
+                    }
+                };
+                match found {
+                    None => None,
+                    Some(Some(entry)) => Some(entry),
+                    Some(None) => {
                         policy.failed_auth.record_failure(ex.client.ip);
                         return Err(Reject::InvalidToken);
-                    };
-                    Some(entry)
+                    }
                 }
-            },
+            }
             Who::TokenId(None) => None,
             Who::TokenId(Some(id)) => Some(by_id(tokens, id, unix_now, trace)?),
         };
@@ -217,8 +247,14 @@ impl<'p> Admission<'p> {
                 return self.finish(route, &target, ex);
             }
             trace.note("anonymous", format_args!("refused"));
+            if route.access.browser && policy.sessions.is_some() && accepts_html(head.headers) {
+                return Err(Reject::SignIn(sign_in_location(head.uri)));
+            }
             return Err(Reject::MissingToken);
         };
+        if ex.session && ex.writes && !same_origin(head, ex.tls) {
+            return Err(Reject::CrossSiteRequest);
+        }
         ex.token = Some(entry);
         let usage = entry.usage.get_or_init(|| self.usage.cell(entry.id_str()));
         usage.touch(unix_now);
@@ -302,6 +338,61 @@ impl<'p> Admission<'p> {
         });
         limiter.check()
     }
+}
+
+/// The live token a session cookie names, if its MAC and expiry hold.
+fn session_token<'i>(
+    sessions: &auth::Sessions,
+    tokens: &'i TokenIndex,
+    cookie: &[u8],
+    unix_now: i64,
+) -> Option<&'i TokenEntry> {
+    let claim = sessions.claim(cookie)?;
+    let entry = tokens.find_id(&claim.id)?;
+    (sessions.verify(cookie, entry.hash(), &claim, unix_now) && entry.is_live(unix_now))
+        .then_some(entry)
+}
+
+/// Whether the request's `Accept` names `text/html` (a browser navigating).
+fn accepts_html(headers: &HeaderMap) -> bool {
+    headers.get_all(ACCEPT).iter().any(|v| {
+        v.as_bytes()
+            .windows(9)
+            .any(|w| w.eq_ignore_ascii_case(b"text/html"))
+    })
+}
+
+/// `/.tollgate/login?next=<the target, percent-encoded>`.
+fn sign_in_location(uri: &Uri) -> HeaderValue {
+    let target = uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let mut location = format!("{}?next=", auth::session::LOGIN_PATH);
+    crate::auth::session::percent_encode(target.as_bytes(), &mut location);
+    HeaderValue::from_str(&location)
+        .unwrap_or_else(|_| HeaderValue::from_static("/.tollgate/login"))
+}
+
+/// Whether a request comes from a page of the same origin:
+/// `Sec-Fetch-Site: same-origin`, or an `Origin` equal to the request's own
+/// scheme and host (the listener's scheme; the `Host` or `:authority`).
+pub(super) fn same_origin(head: Head<'_>, tls: bool) -> bool {
+    if head
+        .headers
+        .get("sec-fetch-site")
+        .is_some_and(|v| v.as_bytes() == b"same-origin")
+    {
+        return true;
+    }
+    let (Some(origin), Some(host)) = (
+        head.headers.get(ORIGIN),
+        crate::proxy::headers::client_host(head.headers, head.uri),
+    ) else {
+        return false;
+    };
+    let scheme: &[u8] = if tls { b"https://" } else { b"http://" };
+    let origin = origin.as_bytes();
+    origin.len() == scheme.len() + host.len()
+        && origin[..scheme.len()].eq_ignore_ascii_case(scheme)
+        && origin[scheme.len()..].eq_ignore_ascii_case(host.as_bytes())
 }
 
 /// `tollgate explain`'s token: the live entry with this id, and why not.

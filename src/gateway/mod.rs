@@ -15,6 +15,7 @@
 
 pub mod admit;
 mod ids;
+mod login;
 mod prepare;
 pub mod respond;
 
@@ -101,6 +102,10 @@ pub struct Exchange<'p> {
     pub route: Option<&'p Route>,
     /// The authenticated token; `None` for an anonymous request.
     pub token: Option<&'p TokenEntry>,
+    /// The token came from a browser session cookie.
+    pub session: bool,
+    /// The request arrived on a TLS listener (its own scheme is https).
+    pub tls: bool,
     /// The request counts as writing.
     pub writes: bool,
     /// The request asks for a WebSocket upgrade.
@@ -128,6 +133,8 @@ impl<'p> Exchange<'p> {
             client,
             route: None,
             token: None,
+            session: false,
+            tls: false,
             writes: false,
             websocket: false,
             upstream_target: Uri::default(),
@@ -197,6 +204,12 @@ impl Gateway {
         let client = clientip::client(conn.peer.ip(), req.headers(), &policy.trusted_proxies);
         let mut ex = Exchange::new(request_id, client);
         ex.client_request_id = client_request_id;
+        ex.tls = conn.tls
+            || (client.peer_trusted
+                && req
+                    .headers()
+                    .get(headers::X_FORWARDED_PROTO)
+                    .is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"https")));
         let mut log = policy.log_access.then(|| {
             LogOnce::new(
                 self.access_log.clone(),
@@ -224,6 +237,30 @@ impl Gateway {
             listening: self.listening.load(Ordering::Acquire),
             draining: self.is_draining(),
         };
+        // The gateway's own pages, when sessions are on.
+        let page = policy
+            .sessions
+            .as_ref()
+            .and_then(|s| login::Page::at(req.uri().path()).map(|p| (s, p)));
+        if let Some((sessions, page)) = page {
+            let metrics = &self.retained.metrics;
+            let mut resp = match login::answer(&admission, sessions, page, &mut ex, req).await {
+                Ok(resp) => resp,
+                Err(reject) => respond::refusal(metrics, &policy.challenges, &mut ex, reject),
+            };
+            respond::filter(&mut resp, &ex);
+            let status = resp.status().as_u16();
+            metrics.no_route.count(status);
+            if let Some(log) = &mut log {
+                log.complete(&ex, status);
+            }
+            resp.body_mut().on_end(Finish {
+                lease: None,
+                log,
+                guard,
+            });
+            return resp;
+        }
         let mut admitted = admission.admit(Head::of(&req), Who::Headers, &mut ex, &mut ());
         if admitted.is_ok() && ex.limit_pending {
             if let Err(reject) = self.settle_limit(&admission, &mut ex).await {

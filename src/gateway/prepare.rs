@@ -3,7 +3,7 @@
 //! In order: the client's `Host` is kept aside for `X-Forwarded-Host`;
 //! hygiene deletes what must not reach the upstream (forwarding headers of
 //! untrusted peers, hop-by-hop headers, the credential headers unless
-//! forwarded, `_` names, `X-Tollgate-*`); then the gateway's own headers are
+//! forwarded, `_` names, `X-Tollgate-*`, the session cookie); then the gateway's own headers are
 //! set (`Host`, framing, identity, forwarding, `X-Request-Id`), so nothing
 //! a client sent can pose as one of them. Invariant: the target sent is the
 //! one admission authorised; the body streams, limited to the route's size.
@@ -41,6 +41,11 @@ pub fn upstream_request(
             websocket: ex.websocket,
         },
     );
+    // The session cookie is the gateway's own on every route, a credential
+    // or not; the other cookies pass.
+    if let Some(sessions) = &policy.sessions {
+        sessions.strip(&mut parts.headers);
+    }
     // Never forwarded, whatever the spelling or count (names are lowercase).
     if let Some(names) = &route.remove_headers {
         for name in names.iter() {

@@ -68,6 +68,7 @@ pub const REASONS: &[&str] = &[
     "ip_not_allowed",
     "insufficient_scope",
     "read_only_token",
+    "cross_site_request",
     "body_too_large",
     "uri_too_long",
     "bad_request",

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use http::HeaderName;
 use ipnet::IpNet;
 
-use crate::auth::{Credentials, RouteAccess};
+use crate::auth::{Credentials, RouteAccess, Sessions};
 use crate::config::{ConfigErrors, LimitBackend, Rate, RouteScopes, Settings};
 use crate::method::ReadMethods;
 use crate::metrics::RouteMetrics;
@@ -53,6 +53,10 @@ pub struct Policy {
     pub challenges: Challenges,
     /// Which headers carry a credential, and whether they are forwarded.
     pub credentials: Credentials,
+    /// `sessions`: the login pages and the session cookie; `None` without.
+    pub sessions: Option<Sessions>,
+    /// `paths.merge_slashes`.
+    pub merge_slashes: bool,
     /// `auth.all_scope`.
     pub all_scope: Box<str>,
     /// `client_ip.trusted_proxies`.
@@ -112,6 +116,7 @@ impl Policy {
                     scopes: r.scopes.clone(),
                     challenge: challenges.insufficient_scope(&scope_names),
                     anonymous_read: r.anonymous_read,
+                    browser: r.browser,
                 },
                 strip_prefix: r.strip_prefix,
                 max_body_bytes: r.max_body_bytes.or(settings.limits.max_body_bytes),
@@ -156,6 +161,8 @@ impl Policy {
             routes: RouteTable::new(entries),
             challenges,
             credentials: Credentials::new(&settings.auth),
+            sessions: settings.sessions.as_ref().map(Sessions::new),
+            merge_slashes: settings.merge_slashes,
             all_scope: settings.auth.all_scope.as_str().into(),
             trusted_proxies: settings.client_ip.trusted_proxies.clone(),
             per_token: settings.limits.per_token,

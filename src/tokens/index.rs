@@ -64,6 +64,11 @@ pub struct TokenEntry {
 
 impl TokenEntry {
     /// The token id as text.
+    /// The SHA-256 of the token's secret (sessions are signed with it).
+    pub fn hash(&self) -> &TokenHash {
+        &self.hash
+    }
+
     #[inline]
     pub fn id_str(&self) -> &str {
         self.id.as_str()

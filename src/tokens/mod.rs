@@ -8,6 +8,7 @@
 pub mod hash;
 pub mod id;
 pub mod index;
+pub mod published;
 pub mod record;
 pub mod secret;
 pub mod source;

@@ -393,3 +393,84 @@ async fn the_configuration_reference_names_every_column_of_the_token_table() {
         "token table columns not in docs/configuration.md: {missing:?}"
     );
 }
+
+#[test]
+fn check_warns_about_published_demo_secrets_wherever_the_file_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.yaml");
+    std::fs::write(&path, base()).unwrap();
+    // The shipped demo file, copied under another name and edited a little.
+    let shipped = include_str!("../../config/tokens.yaml").replace("Demo", "Ours");
+    std::fs::write(dir.path().join("tokens.yaml"), shipped).unwrap();
+    let out = tollgate(&["check", "-c", path.to_str().unwrap()], None);
+    assert_eq!(out.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "warning: tokens: \"demo-admin\" uses an example secret published with Tollgate (config/tokens.yaml)"
+        ),
+        "{stderr}"
+    );
+    // The standard test tokens are not published ones.
+    let (code, _, stderr) = check(&base());
+    assert_eq!(code, 0);
+    assert!(!stderr.contains("published"), "{stderr}");
+}
+
+#[test]
+fn check_warns_what_an_anonymous_root_route_exposes() {
+    let yaml = base() + "  - prefix: /\n    upstream: http://127.0.0.1:9\n    scopes: [\"*\"]\n    anonymous: read\n";
+    let (code, stdout, stderr) = check(&yaml);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains(": ok"), "{stdout}");
+    let warning = stderr
+        .lines()
+        .find(|l| l.starts_with("warning: routes[7]: anonymous: read on prefix \"/\""))
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert!(warning.contains("/api/v1"), "{warning}");
+    assert!(
+        !warning.contains("/api/v3,"),
+        "an anonymous route protects nothing: {warning}"
+    );
+}
+
+#[test]
+fn explain_says_when_a_session_is_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.yaml");
+    let yaml = base()
+        + "  - prefix: /app\n    upstream: http://127.0.0.1:9\n    scopes: [\"*\"]\n    browser: true\n"
+        + "sessions:\n  secret: a-session-secret-of-at-least-32-bytes\n";
+    std::fs::write(&path, yaml).unwrap();
+    std::fs::write(dir.path().join("tokens.yaml"), tokens_yaml()).unwrap();
+    let cfg = path.to_str().unwrap();
+    let out = tollgate(
+        &[
+            "explain",
+            "-c",
+            cfg,
+            "--token-id",
+            "agent",
+            "POST",
+            "/app/x",
+        ],
+        None,
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("session: a browser session"), "{text}");
+    assert!(text.contains("same origin"), "{text}");
+    let out = tollgate(
+        &[
+            "explain",
+            "-c",
+            cfg,
+            "--token-id",
+            "agent",
+            "GET",
+            "/api/v1/x",
+        ],
+        None,
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains("session:"), "{text}");
+}

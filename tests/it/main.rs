@@ -16,6 +16,7 @@ mod observability;
 mod paths;
 mod resources;
 mod scaleout;
+mod sessions;
 mod support;
 mod tls;
 mod websocket;
