@@ -69,7 +69,13 @@ target_dir=${CARGO_TARGET_DIR:-$root/target}
 profile_dir=$profile
 [ "$profile" = bench ] && profile_dir=release # cargo puts `bench` builds there
 [ "$profile" = dev ] && profile_dir=debug
-if [ -z "${TOLLGATE:-}" ]; then
+if [ -z "${TOLLGATE:-}" ] && [ "$profile" = bench ]; then
+  # What `cargo bench --no-run` (CI's step) already built: the same features
+  # as a plain `cargo build --profile bench`, which leaves out the
+  # dev-dependencies' and rebuilds much of the tree.
+  cargo bench --quiet --no-run
+  tollgate_bin=$target_dir/release/tollgate
+elif [ -z "${TOLLGATE:-}" ]; then
   cargo build --quiet --profile "$profile" --bin tollgate
   tollgate_bin=$target_dir/$profile_dir/tollgate
 else
@@ -276,22 +282,29 @@ load() { # requests -> the 2xx count h2load reports
     "http://127.0.0.1:$p_proxy/api/x")
   echo "$out" | sed -n 's/^status codes: \([0-9]*\) 2xx.*/\1/p'
 }
-count() { # target -> instructions per request
+control() { # callgrind_control arguments, to the process under callgrind
+  callgrind_control "$@" "$proxy_pid" >"$work/control.log" 2>&1 || {
+    cat "$work/control.log" >&2
+    exit 1
+  }
+}
+count() { # target -> instructions per request, in $per_request (not in a
+  # subshell, so that the EXIT trap knows the process to stop)
   local target=$1 ok total
   start "$target"
   ok=$(load "$warmup")
   [ "$ok" = "$warmup" ] || { echo "instructions.sh: $target warm-up: $ok of $warmup 2xx" >&2; exit 1; }
-  callgrind_control -i on "$proxy_pid" >/dev/null
+  control -i on
   ok=$(load "$n")
-  callgrind_control -i off "$proxy_pid" >/dev/null
-  callgrind_control -d "$proxy_pid" >/dev/null
+  control -i off
+  control -d
   stop
   [ "$ok" = "$n" ] || { echo "instructions.sh: $target: $ok of $n 2xx" >&2; exit 1; }
   # Every dump, every thread: callgrind writes one `totals:` per dump
   # (its `summary:` is 0 when instrumentation was switched on and off).
   total=$(cat "$work/$target".cg.* | awk '/^totals:/ { s += $2 } END { printf "%d", s }')
   if [ -n "${KEEP_DUMPS:-}" ]; then mkdir -p "$KEEP_DUMPS" && cp "$work/$target".cg.* "$KEEP_DUMPS/"; fi
-  echo $((total / ok))
+  per_request=$((total / ok))
 }
 
 env_text() {
@@ -308,12 +321,16 @@ env_text() {
 }
 
 if [ -n "$check" ]; then
-  budget=$(grep -v '^#' "$budget_file" | head -n 1 | tr -d ' ')
+  budget=$(grep -E '^[0-9]+$' "$budget_file" | head -n 1)
+  [ -n "$budget" ] || { echo "instructions.sh: no count in $budget_file" >&2; exit 1; }
   counts=()
-  for _ in $(seq 1 "$runs"); do counts+=("$(count tollgate)"); done
+  for _ in $(seq 1 "$runs"); do
+    count tollgate
+    counts+=("$per_request")
+  done
   measured=$(printf '%s\n' "${counts[@]}" | sort -n | sed -n "$(((runs + 1) / 2))p")
   limit=$((budget + budget * tolerance / 100))
-  echo "tollgate: $measured instructions per request (runs: ${counts[*]}), budget $budget, limit $limit (+$tolerance %)"
+  echo "tollgate ($profile profile, $n requests): $measured instructions per request (runs: ${counts[*]}), budget $budget, limit $limit (+$tolerance %)"
   echo "(under valgrind sha2 runs its software SHA-256: about 3.6k of these per request)"
   if [ "$measured" -gt "$limit" ]; then
     echo "instructions.sh: over budget by $(((measured - budget) * 100 / budget)) %" >&2
@@ -324,7 +341,8 @@ fi
 
 declare -A ir
 for t in $targets; do
-  ir[$t]=$(count "$t")
+  count "$t"
+  ir[$t]=$per_request
   echo "$t: ${ir[$t]}" >&2
 done
 out=${OUT:-$here/instructions/results/$(date -u +%Y%m%dT%H%M%SZ).txt}
