@@ -10,6 +10,10 @@
 #                idle pool of 1024, so -c256 never opens new connections),
 #                proxy_http_version 1.1, Connection "", buffered access log
 #   nginx-auth   the same with a `map` of 10,001 bearer tokens checked
+#   haproxy      HAProxy 2.6 as a reverse proxy: keep-alive on both sides,
+#                idle upstream connections shared (`http-reuse always`),
+#                X-Forwarded-For, an HTTP log line per request (to /dev/null)
+#   haproxy-auth the same with a map of the same 10,001 tokens checked
 #   tollgate     the release gateway: auth, scopes, rate limits, access log on
 #                (and a second one with the access log off: tollgate-nolog;
 #                with BASELINE=<binary>, a third, another build with the same
@@ -24,12 +28,12 @@
 # /proc/<pid>/stat (utime + stime of all its processes; each is reported too).
 #
 # Writes benches/load/results/<UTC time>/{env.txt,runs.jsonl,summary.md} and
-# prints the summary. Needs nginx, wrk, taskset, curl, python3.
+# prints the summary. Needs nginx, haproxy, wrk, taskset, curl, python3.
 # Environment: ROUNDS (5), DURATION seconds per run (10), SOAK seconds (60;
 # 0 skips it), CONNS (the concurrencies, "1 32 256"; the -c32 extras run when
 # it holds 32),
 # UPSTREAM_CORES (the proxy's), PROXY_CORES (0), WRK_CORES (1), WORKERS (1:
-# nginx worker processes and tollgate runtimes), WRK_THREADS (1; never more
+# nginx worker processes, HAProxy threads and tollgate runtimes), WRK_THREADS (1; never more
 # than the connections), LAYOUT (wide: the 4 + 4 + 8 layout above), TOLLGATE
 # (a binary; default: build release), BASELINE (a binary to compare with,
 # e.g. the last release; none by default), BASE_PORT (18080), OUT (results
@@ -55,14 +59,15 @@ base=${BASE_PORT:-18080}
 p_up=$base p_nginx=$((base + 1)) p_auth=$((base + 2)) p_tg=$((base + 3))
 p_admin=$((base + 4)) p_status=$((base + 5)) p_quiet=$((base + 6)) p_admin2=$((base + 7))
 p_baseline=$((base + 8)) p_admin3=$((base + 9))
+p_haproxy=$((base + 10)) p_haproxy_auth=$((base + 11))
 out=${OUT:-$here/results/$(date -u +%Y%m%dT%H%M%SZ)}
 
-for tool in nginx wrk taskset curl python3; do
+for tool in nginx haproxy wrk taskset curl python3; do
   command -v "$tool" >/dev/null || { echo "run.sh: $tool is required" >&2; exit 1; }
 done
 if [ -z "${TOLLGATE:-}" ]; then
   cargo build --release --quiet --bin tollgate
-  bin=$root/target/release/tollgate
+  bin=${CARGO_TARGET_DIR:-$root/target}/release/tollgate
 else
   bin=$(realpath "$TOLLGATE")
 fi
@@ -72,7 +77,7 @@ mkdir -p "$out"
 tg_pid= quiet_pid= baseline_pid=
 cleanup() {
   for p in $tg_pid $quiet_pid $baseline_pid; do kill "$p" 2>/dev/null || true; done
-  for conf in upstream nginx auth; do
+  for conf in upstream nginx auth haproxy haproxy-auth; do
     [ -f "$work/$conf.pid" ] && kill "$(cat "$work/$conf.pid")" 2>/dev/null || true
   done
   rm -rf "$work"
@@ -101,6 +106,9 @@ with open(f"{work}/tokens.yaml", "w") as f:
 with open(f"{work}/map.conf", "w") as f:
     for s in [main] + rotating:
         f.write(f'    "Bearer {s}" 1;\n')
+with open(f"{work}/tokens.map", "w") as f:
+    for s in [main] + rotating:
+        f.write(f"{s} 1\n")
 PY
 main_token=$(cat "$work/main.txt")
 limited_token=$(cat "$work/limited.txt")
@@ -164,6 +172,42 @@ for conf in nginx auth; do
   taskset -c "$proxy_cores" nginx -e "$work/$conf.error.log" -c "$work/$conf.conf"
 done
 
+# --- HAProxy: the plain proxy and the one with the token map (the word
+# after "Bearer " looked up in it). Daemonised; its pid file names the one
+# process that serves.
+haproxy_conf() { # name port extra-frontend-lines
+  cat >"$work/$1.cfg" <<EOF
+global
+  daemon
+  pidfile $work/$1.pid
+  nbthread $workers
+  maxconn 8192
+defaults
+  mode http
+  log stdout format raw local0
+  option httplog
+  option forwardfor
+  http-reuse always
+  timeout connect 5s
+  timeout client 300s
+  timeout server 300s
+  timeout http-keep-alive 300s
+frontend proxy
+  bind 127.0.0.1:$2
+$3
+  default_backend api
+backend api
+  server up 127.0.0.1:$p_up maxconn 1024
+EOF
+}
+haproxy_conf haproxy "$p_haproxy" ""
+haproxy_conf haproxy-auth "$p_haproxy_auth" "  acl bearer req.hdr(authorization) -m beg \"Bearer \"
+  acl known req.hdr(authorization),field(2,' '),map($work/tokens.map) -m found
+  http-request deny deny_status 401 unless bearer known"
+for conf in haproxy haproxy-auth; do
+  taskset -c "$proxy_cores" haproxy -f "$work/$conf.cfg" >/dev/null 2>"$work/$conf.log"
+done
+
 # --- tollgate: auth, scopes, per-token limits (high enough not to bind the
 # throughput runs), failed-auth guard (likewise) and the JSON access log.
 cat >"$work/gateway.yaml" <<EOF
@@ -223,10 +267,11 @@ for admin in $admins; do
   done
   curl -fs "http://127.0.0.1:$admin/readyz" >/dev/null
 done
-for url in "http://127.0.0.1:$p_up/" "http://127.0.0.1:$p_nginx/api/x"; do
+for url in "http://127.0.0.1:$p_up/" "http://127.0.0.1:$p_nginx/api/x" "http://127.0.0.1:$p_haproxy/api/x"; do
   curl -fs "$url" >/dev/null
 done
 curl -fs -H "Authorization: Bearer $main_token" "http://127.0.0.1:$p_auth/api/x" >/dev/null
+curl -fs -H "Authorization: Bearer $main_token" "http://127.0.0.1:$p_haproxy_auth/api/x" >/dev/null
 curl -fs -H "Authorization: Bearer $main_token" "http://127.0.0.1:$p_tg/api/x" >/dev/null
 
 {
@@ -235,10 +280,11 @@ curl -fs -H "Authorization: Bearer $main_token" "http://127.0.0.1:$p_tg/api/x" >
   echo "cpu: $(lscpu | sed -n 's/^Model name: *//p') x $(nproc)"
   echo "kernel: $(uname -r)"
   echo "nginx: $(nginx -v 2>&1 | sed 's/.*nginx\///')"
+  echo "haproxy: $(haproxy -v | head -n 1 | awk '{print $3}')"
   echo "wrk: $(wrk -v 2>&1 | head -n 1 | awk '{print $2}')"
   echo "rustc: ${RUSTC_VERSION:-$(rustc -V 2>/dev/null | awk '{print $2}')}"
   echo "pinning: upstream on cores $upstream_cores, proxy on cores $proxy_cores, wrk on cores $wrk_cores"
-  echo "workers: $workers per nginx and tollgate; wrk threads: $wrk_threads"
+  echo "workers: $workers per nginx, HAProxy and tollgate; wrk threads: $wrk_threads"
   echo "proxy_cores: $(taskset -c "$proxy_cores" nproc)"
   echo "rounds: $rounds x ${duration}s, soak ${soak}s"
 } | tee "$out/env.txt"
@@ -254,6 +300,8 @@ pids_of() { # target -> the process ids whose CPU time is the proxy's
     tollgate-nolog) echo "$quiet_pid" ;;
     tollgate-baseline) echo "$baseline_pid" ;;
     tollgate*) echo "$tg_pid" ;;
+    haproxy-auth*) with_workers "$work/haproxy-auth.pid" ;;
+    haproxy*) with_workers "$work/haproxy.pid" ;;
     nginx-auth*) with_workers "$work/auth.pid" ;;
     nginx*) with_workers "$work/nginx.pid" ;;
     direct) with_workers "$work/upstream.pid" ;;
@@ -301,6 +349,8 @@ tg=http://127.0.0.1:$p_tg
 duration=2 run 0 tollgate 32 "$tg/api/x" "$bearer" >/dev/null
 duration=2 run 0 nginx 32 "http://127.0.0.1:$p_nginx/api/x" >/dev/null
 duration=2 run 0 nginx-auth 32 "http://127.0.0.1:$p_auth/api/x" "$bearer" >/dev/null
+duration=2 run 0 haproxy 32 "http://127.0.0.1:$p_haproxy/api/x" >/dev/null
+duration=2 run 0 haproxy-auth 32 "http://127.0.0.1:$p_haproxy_auth/api/x" "$bearer" >/dev/null
 : >"$out/runs.jsonl"
 
 for round in $(seq 1 "$rounds"); do
@@ -308,6 +358,8 @@ for round in $(seq 1 "$rounds"); do
     run "$round" direct "$c" "http://127.0.0.1:$p_up/api/x"
     run "$round" nginx "$c" "http://127.0.0.1:$p_nginx/api/x"
     run "$round" nginx-auth "$c" "http://127.0.0.1:$p_auth/api/x" "$bearer"
+    run "$round" haproxy "$c" "http://127.0.0.1:$p_haproxy/api/x"
+    run "$round" haproxy-auth "$c" "http://127.0.0.1:$p_haproxy_auth/api/x" "$bearer"
     run "$round" tollgate "$c" "$tg/api/x" "$bearer"
     if [ -n "$baseline_pid" ]; then
       run "$round" tollgate-baseline "$c" "http://127.0.0.1:$p_baseline/api/x" "$bearer"

@@ -85,6 +85,11 @@ if have(("tollgate", 32), ("nginx", 32)):
         print(f"| user CPU/req the CPU goal leaves at this kernel cost, c=32 | {room:.1f} µs (nginx proxy uses {med('user_us_per_req', 'nginx', 32):.1f}) | |")
 if have(("tollgate", 32), ("nginx-auth", 32)):
     print(f"| rps tollgate / nginx with map auth, c=32 | {med('rps', 'tollgate', 32) / med('rps', 'nginx-auth', 32):.2f} | |")
+if have(("tollgate", 32), ("haproxy", 32)):
+    print(f"| rps tollgate / HAProxy, c=32 | {med('rps', 'tollgate', 32) / med('rps', 'haproxy', 32):.2f} | |")
+    print(f"| CPU/req tollgate / HAProxy, c=32 | {med('cpu_us_per_req', 'tollgate', 32) / med('cpu_us_per_req', 'haproxy', 32):.2f} | |")
+if have(("tollgate", 32), ("haproxy-auth", 32)):
+    print(f"| rps tollgate / HAProxy with map auth, c=32 | {med('rps', 'tollgate', 32) / med('rps', 'haproxy-auth', 32):.2f} | |")
 if have(("tollgate", 32), ("tollgate-anonymous", 32)):
     gap = 1 - med("rps", "tollgate", 32) / med("rps", "tollgate-anonymous", 32)
     print(f"| rps policy route vs anonymous route | {gap * 100:+.1f} % | within 2 % |")
@@ -105,6 +110,9 @@ for c in (32, 256):
     if have(("tollgate", c), ("nginx", c), ("nginx-auth", c)):
         per_core = " / ".join(n(med("rps", t, c) / proxy_cores) for t in ("tollgate", "nginx", "nginx-auth"))
         print(f"| rps per proxy core ({proxy_cores}), c={c}: tollgate / nginx proxy / nginx + map auth | {per_core} | |")
+    if have(("haproxy", c), ("haproxy-auth", c)):
+        per_core = " / ".join(n(med("rps", t, c) / proxy_cores) for t in ("haproxy", "haproxy-auth"))
+        print(f"| rps per proxy core ({proxy_cores}), c={c}: HAProxy / HAProxy + map auth | {per_core} | |")
 for c in (1, 32, 256):
     if have(("tollgate", c), ("tollgate-baseline", c)):
         rps = med("rps", "tollgate", c) / med("rps", "tollgate-baseline", c)
