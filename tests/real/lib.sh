@@ -29,6 +29,16 @@ wait_http() {
   return 1
 }
 
+# wait_ok URL SECONDS: until URL answers 2xx.
+wait_ok() {
+  local url=$1 n=$(($2 * 4))
+  while [ "$n" -gt 0 ]; do
+    curl -sf -o /dev/null --max-time 2 "$url" && return 0
+    sleep 0.25; n=$((n - 1))
+  done
+  return 1
+}
+
 # status METHOD URL [curl args...]: prints the HTTP status.
 status() {
   local m=$1 u=$2; shift 2
