@@ -605,7 +605,12 @@ fn every_shipped_config_loads() {
                 continue;
             }
             let settings = super::super::load(&path).unwrap_or_else(|e| panic!("{e}"));
+            // A preset whose token file the operator creates ships none.
             if let SourceKind::File { path } = &settings.tokens.kind {
+                if !path.exists() {
+                    loaded += 1;
+                    continue;
+                }
                 let text = std::fs::read_to_string(path).unwrap();
                 crate::tokens::source::file::FileSource::parse(path.as_path(), &text)
                     .unwrap_or_else(|e| panic!("{e}"));

@@ -14,9 +14,14 @@ const SHIPPED: &[(&str, &str)] = &[
         "config/tokens.yaml",
         include_str!("../../config/tokens.yaml"),
     ),
+    // Shipped until 0.1.0 and copied by people who followed the presets.
     (
         "config/examples/tokens.yaml",
-        include_str!("../../config/examples/tokens.yaml"),
+        "sha256: 957af53a39718af32dd5b9cbd594b16d7d047f0156d6aa4dddf871aaad910cb9\n\
+         sha256: 7be126f6fce41ffe206f5b4449e4122fbb64b8503f42079ce906c8527a2b0980\n\
+         sha256: 03d0059b370ecab48a25bf52ea6d43afed5ac40239250041ffafd26efb7885b0\n\
+         sha256: 4231d8ff247c50bf83a299c0e79cc02f3fc455d2531bb640d76c8c29571dc6eb\n\
+         sha256: fa09e6594d8a5a59dfb0a91d5e44afc2157ad23e4d8d85180d924e568df89662\n",
     ),
 ];
 
