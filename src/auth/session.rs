@@ -1,4 +1,4 @@
-//! Browser sessions (SPEC §7.4): the signed cookie a login sets, finding it
+//! Browser sessions (the contract, §7.4): the signed cookie a login sets, finding it
 //! among a request's cookies, and removing it before forwarding.
 //!
 //! The cookie value is `v1.<id>.<expires>.<mac>`: `<id>` the token id in

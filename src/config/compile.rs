@@ -1,8 +1,8 @@
 //! Schema structs → validated [`Settings`]: `${NAME}` expansion, defaults,
-//! relative paths, and every check of SPEC §2.
+//! relative paths, and every check of the contract's §2.
 //!
-//! Defaults (SPEC §2): log json/info/access true; tokens.refresh_interval
-//! 5s; auth schemes [bearer, token], headers [] (the SPEC's sample lists
+//! Defaults (the contract, §2): log json/info/access true; tokens.refresh_interval
+//! 5s; auth schemes [bearer, token], headers [] (the contract's sample lists
 //! `xc-token`, but a header is only a credential when configured),
 //! all_scope `scope:all`, realm `tollgate`, forward_credentials false;
 //! client_ip.trusted_proxies []; limits backend local, per_token

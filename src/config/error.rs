@@ -46,7 +46,7 @@ impl fmt::Display for ConfigError {
 }
 
 /// Text with its control characters escaped (`\n`, `\t`, `\u{1b}`), so
-/// an error stays one line (SPEC §1) even when a key in the file holds a
+/// an error stays one line (the contract, §1) even when a key in the file holds a
 /// line break, as a multi-line plain or quoted YAML key can.
 struct OneLine<'a>(&'a str);
 

@@ -158,7 +158,7 @@ pub struct Timeouts {
     pub shutdown_grace: Duration,
 }
 
-/// `sessions` (SPEC §7.4).
+/// `sessions` (the contract, §7.4).
 #[derive(Debug, Clone)]
 pub struct SessionSettings {
     pub secret: SessionSecret,

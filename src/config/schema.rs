@@ -1,4 +1,4 @@
-//! The serde mirror of `gateway.yaml` (SPEC §2), exactly as written.
+//! The serde mirror of `gateway.yaml` (the contract, §2), exactly as written.
 //!
 //! Invariant: every struct denies unknown keys, and every optional key is
 //! an `Option` so that defaults are applied in one place (`compile.rs`),
@@ -33,7 +33,7 @@ pub(crate) struct Config {
     pub routes: Vec<RouteSpec>,
 }
 
-/// `sessions:` (SPEC §7.4): browser sessions after a login.
+/// `sessions:` (the contract, §7.4): browser sessions after a login.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct SessionsSpec {

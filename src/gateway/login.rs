@@ -1,4 +1,4 @@
-//! The gateway's own pages when `sessions` is configured (SPEC §7.4):
+//! The gateway's own pages when `sessions` is configured (the contract, §7.4):
 //! `GET /.tollgate/login` (the form), `POST /.tollgate/login` (check a
 //! token as §5 does, set the session cookie, 303 to `next`), `POST
 //! /.tollgate/logout` (clear it). Never forwarded.

@@ -42,7 +42,7 @@ struct ResultLabels {
 /// `tollgate_rate_limited_total`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Limit {
-    /// The token's own rate limit (SPEC §5 step 8).
+    /// The token's own rate limit (the contract, §5 step 8).
     Token,
     /// The client address's `failed_auth_per_ip` guard (step 3).
     FailedAuth,

@@ -71,7 +71,7 @@ pub struct Hygiene<'a> {
 }
 
 /// Deletes from a client request every header that must not reach the
-/// upstream (SPEC §5 Forwarding):
+/// upstream (the contract, §5 Forwarding):
 ///
 /// - every header whose name contains `_`;
 /// - every `X-Tollgate-*`, even from a trusted proxy;

@@ -1,4 +1,4 @@
-//! The failed-auth guard (SPEC §5 step 3): a GCRA bucket per client address
+//! The failed-auth guard (the contract, §5 step 3): a GCRA bucket per client address
 //! at `limits.failed_auth_per_ip`, drained by each `invalid_token` answer.
 //! Once an address's burst is used up, [`FailedAuthGuard::blocked`] answers
 //! `Some(retry_after)` until one unit has come back — "until the bucket

@@ -1,4 +1,4 @@
-//! Rate limits: the per-token GCRA limiter (SPEC §5 step 8), its shared
+//! Rate limits: the per-token GCRA limiter (the contract, §5 step 8), its shared
 //! Redis backend (`limits.backend: redis`), and the failed-auth guard keyed
 //! by client address (§5 step 3).
 //!
@@ -41,7 +41,7 @@ fn ceil_secs(d: Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
-/// A `Retry-After` value: whole seconds, rounded up, at least 1 (SPEC §5).
+/// A `Retry-After` value: whole seconds, rounded up, at least 1 (the contract, §5).
 fn retry_after_secs(wait: Duration) -> u64 {
     ceil_secs(wait).max(1)
 }

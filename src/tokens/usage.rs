@@ -1,5 +1,5 @@
 //! When each token was last used, kept beside the token index and written
-//! back to the source in batches (`last_used_at`, SPEC §4).
+//! back to the source in batches (`last_used_at`, the contract's §4).
 //!
 //! A request that authenticates with a token only stores the current unix
 //! second into the token's [`UsageCell`] (a relaxed load, and a relaxed

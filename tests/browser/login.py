@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Browser sessions in a real browser: headless Chromium through Tollgate.
 
-The scenario (SPEC §7.4): Chromium opens an application page behind the
+The scenario (the contract, §7.4): Chromium opens an application page behind the
 gateway, is sent to the login form, signs in with a token, lands back on
 the page, and the page's own fetch() of the API behind the same gateway
 succeeds with the session cookie; the upstream saw the token id and never

@@ -1,4 +1,4 @@
-//! The §5 decision table, one test per row, in the SPEC's order.
+//! The §5 decision table, one test per row, in the contract's order.
 
 use crate::support::*;
 

@@ -1,4 +1,4 @@
-//! SPEC §5 Forwarding and route matching: what the upstream receives.
+//! the contract's §5 Forwarding and route matching: what the upstream receives.
 
 use crate::support::*;
 

@@ -1,4 +1,4 @@
-//! SPEC §5 Paths over raw sockets: every `bad_path` class is refused and
+//! the contract's §5 Paths over raw sockets: every `bad_path` class is refused and
 //! never forwarded; what is forwarded is the canonical path with the query
 //! byte for byte.
 

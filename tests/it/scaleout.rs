@@ -1,5 +1,5 @@
 //! Several gateways, one truth: three `tollgate serve` processes sharing one
-//! PostgreSQL token table (SPEC §4) and one Redis for token limits (§2,
+//! PostgreSQL token table (the contract, §4) and one Redis for token limits (§2,
 //! `limits.backend: redis`).
 //!
 //! Needs TOLLGATE_TEST_DATABASE_URL and TOLLGATE_TEST_REDIS_URL; without

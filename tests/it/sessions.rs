@@ -1,4 +1,4 @@
-//! Browser sessions (SPEC §7.4) through the real server: the login page,
+//! Browser sessions (the contract, §7.4) through the real server: the login page,
 //! the session cookie as a credential on `browser: true` routes only, its
 //! removal before forwarding, revocation, forged cookies, the same-origin
 //! rule for writes, safe redirects, and `paths.merge_slashes`.

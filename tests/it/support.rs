@@ -486,7 +486,7 @@ pub fn replace_file(path: &Path, text: &str) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
-/// Asserts the SPEC's JSON refusal shape and returns the code.
+/// Asserts the contract's JSON refusal shape and returns the code.
 pub fn assert_refusal(r: &Raw, status: u16, code: &str) {
     assert_eq!(r.status, status, "status of {}\n{}", code, r.head);
     assert_eq!(

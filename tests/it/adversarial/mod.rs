@@ -122,7 +122,7 @@ async fn try_send(gw: &Gw, bytes: &[u8]) -> Option<Raw> {
     (!rs.is_empty()).then(|| rs.remove(0))
 }
 
-/// Asserts that the gateway refused `bytes` with `status` and the SPEC's
+/// Asserts that the gateway refused `bytes` with `status` and the contract's
 /// JSON body `code`.
 async fn assert_gateway_refuses(gw: &Gw, bytes: &[u8], status: u16, code: &str) {
     let r = raw(gw.addr(), bytes).await;

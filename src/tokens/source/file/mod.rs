@@ -1,4 +1,4 @@
-//! The YAML token file (SPEC §3): parsing into [`TokenRecord`]s, watching
+//! The YAML token file (the contract, §3): parsing into [`TokenRecord`]s, watching
 //! the file for changes, and the atomic rewrites behind `tollgate token
 //! create` and `revoke`.
 //!
@@ -35,7 +35,7 @@ pub const MAX_FILE_BYTES: usize = 16 << 20;
 
 /// Header written at the top of a file created by [`FileSource::create`].
 const NEW_FILE_HEADER: &str = "\
-# Tollgate token file (SPEC §3). Secrets are stored as SHA-256 hashes only.
+# Tollgate token file (see docs/configuration.md). Secrets are stored as SHA-256 hashes only.
 # Written by `tollgate token`: comments below this header are not kept.
 ";
 
