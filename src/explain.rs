@@ -35,6 +35,9 @@ pub fn explain(
     // Without --client-ip: an address the token may use, so the other
     // rules are the ones explained.
     let entry = token_id.and_then(|id| index.find_id(id));
+    if let Some(id) = token_id.filter(|_| entry.is_some()) {
+        let _ = writeln!(out, "lookup: {}", lookup_rule(settings, index, id));
+    }
     let ip = match (client_ip, entry) {
         (Some(ip), _) => ip,
         (None, Some(e)) if !e.allowed_ips.is_empty() => {
@@ -92,4 +95,33 @@ pub fn explain(
         }
     }
     Ok(out)
+}
+
+/// How a request made with the token `id` finds it: by the SHA-256 of the
+/// whole credential, or as a split token by its public key and a digest.
+fn lookup_rule(settings: &Settings, index: &TokenIndex, id: &str) -> String {
+    let Some(split) = index.split_key_of(id) else {
+        return "by the SHA-256 of the presented token".into();
+    };
+    let pepper = &split.digest.pepper_id;
+    let rules = settings.tokens.split.as_deref();
+    let shape = rules.map_or(String::new(), |r| {
+        format!(
+            " (sent as {}{}{}<secret>)",
+            r.prefix(),
+            split.key,
+            r.separator()
+        )
+    });
+    let verified = if rules.is_some_and(|r| r.has_pepper(pepper)) {
+        format!("verified by HMAC-SHA256 under pepper {pepper}")
+    } else {
+        format!(
+            "pepper {pepper} is not in tokens.peppers, so every request with this token is invalid_token"
+        )
+    };
+    format!(
+        "split token: found by its public key {:?}{shape}, {verified}",
+        &*split.key
+    )
 }

@@ -87,15 +87,19 @@ pub struct RouteAccess {
 }
 
 /// The live entry for a presented token, or `None` for every kind of
-/// invalid token alike (empty, mistyped, unknown, disabled, expired).
+/// invalid token alike (empty, mistyped, unknown, disabled, expired, and
+/// a split token with a wrong shape, key, pepper or digest).
 #[inline]
 pub fn lookup<'i>(tokens: &'i TokenIndex, token: &[u8], unix_now: i64) -> Option<&'i TokenEntry> {
     if token.is_empty() || secret::is_mistyped(token) {
         return None;
     }
-    tokens
-        .get(&TokenHash::of(token))
-        .filter(|e| e.is_live(unix_now))
+    let entry = match tokens.split_rules() {
+        // A token with the split prefix is judged only as a split token.
+        Some(rules) if rules.claims(token) => tokens.get_split(rules, token),
+        _ => tokens.get(&TokenHash::of(token)),
+    };
+    entry.filter(|e| e.is_live(unix_now))
 }
 
 /// Step 6 for an authenticated request: allowed IPs, scopes, read-only.

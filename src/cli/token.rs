@@ -363,6 +363,7 @@ mod tests {
             },
             query: None,
             refresh_interval: Duration::from_secs(5),
+            split: None,
         })
         .unwrap()
     }

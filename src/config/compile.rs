@@ -20,6 +20,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::schema::{self, Config, RateSpec};
@@ -30,6 +31,7 @@ use super::{
     LogFormat, LogSettings, RouteScopes, RouteSettings, SessionSecret, SessionSettings, Settings,
     SourceKind, Timeouts, TlsFiles, TokenSourceSettings,
 };
+use crate::tokens::split::SplitTokens;
 
 /// Shortest `sessions.secret` accepted, in bytes.
 const MIN_SESSION_SECRET_BYTES: usize = 32;
@@ -287,10 +289,89 @@ impl Compiler<'_> {
             "5s",
             false,
         );
+        let split = self.split_tokens(spec.split, spec.peppers, query.is_some());
         TokenSourceSettings {
             kind,
             query,
             refresh_interval,
+            split,
+        }
+    }
+
+    /// `tokens.split` and `tokens.peppers`: both or neither, and only with
+    /// a custom query (the `tollgate_tokens` table has no split columns).
+    /// A pepper's value is never quoted.
+    fn split_tokens(
+        &mut self,
+        split: Option<schema::SplitSpec>,
+        peppers: Option<schema::Peppers>,
+        has_query: bool,
+    ) -> Option<Arc<SplitTokens>> {
+        let (split, peppers) = match (split, peppers) {
+            (None, None) => return None,
+            (Some(_), None) => {
+                self.report.error(
+                    "tokens.peppers",
+                    "is required with tokens.split: the HMAC keys digests are made with, by pepper id",
+                );
+                return None;
+            }
+            (None, Some(_)) => {
+                self.report
+                    .error("tokens.peppers", "is only used with tokens.split");
+                return None;
+            }
+            (Some(split), Some(peppers)) => (split, peppers),
+        };
+        if !has_query {
+            self.report.error(
+                "tokens.split",
+                "needs a tokens.query that returns key, hmac_digest and pepper_id (the tollgate_tokens table has no split columns)",
+            );
+        }
+        let prefix = self.string("tokens.split.prefix", &split.prefix);
+        let separator = self.string("tokens.split.separator", &split.separator);
+        for (key, value) in [("prefix", &prefix), ("separator", &separator)] {
+            if value.is_empty() || !value.bytes().all(|b| b.is_ascii_graphic()) {
+                self.report.error(
+                    &format!("tokens.split.{key}"),
+                    "must be one or more visible ASCII characters",
+                );
+            }
+        }
+        if peppers.0.is_empty() {
+            self.report
+                .error("tokens.peppers", "is empty; give at least one pepper by id");
+        }
+        let mut keys = HashMap::new();
+        for (id, raw) in peppers.0 {
+            let path = format!("tokens.peppers.{id}");
+            let Some(value) = self.secret(&path, &raw) else {
+                continue;
+            };
+            if value.is_empty() {
+                self.report.error(&path, "is empty");
+                continue;
+            }
+            keys.insert(id.into_boxed_str(), value.into_bytes().into_boxed_slice());
+        }
+        Some(Arc::new(SplitTokens::new(&prefix, &separator, keys)))
+    }
+
+    /// A secret value with `${NAME}` expanded; an error never quotes it.
+    fn secret(&mut self, path: &str, raw: &str) -> Option<String> {
+        match env::expand(raw, self.env) {
+            Ok(s) => Some(s),
+            Err(m) => {
+                // Other expansion errors quote text of the value.
+                let m = if m.starts_with("environment variable") {
+                    m
+                } else {
+                    "cannot be expanded; write ${NAME} and set NAME in the environment".into()
+                };
+                self.report.error(path, m);
+                None
+            }
         }
     }
 
@@ -364,19 +445,7 @@ impl Compiler<'_> {
 
     /// `sessions`: the secret is never quoted in a message.
     fn sessions(&mut self, spec: schema::SessionsSpec) -> SessionSettings {
-        let secret = match env::expand(&spec.secret, self.env) {
-            Ok(s) => Some(s),
-            Err(m) => {
-                // Other expansion errors quote text of the value.
-                let m = if m.starts_with("environment variable") {
-                    m
-                } else {
-                    "cannot be expanded; write ${NAME} and set NAME in the environment".into()
-                };
-                self.report.error("sessions.secret", m);
-                None
-            }
-        };
+        let secret = self.secret("sessions.secret", &spec.secret);
         if secret
             .as_ref()
             .is_some_and(|s| s.len() < MIN_SESSION_SECRET_BYTES)

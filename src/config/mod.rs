@@ -112,6 +112,8 @@ pub struct TokenSourceSettings {
     /// Custom SQL returning the columns of §4 (database sources only).
     pub query: Option<String>,
     pub refresh_interval: Duration,
+    /// `tokens.split` and `tokens.peppers` (custom queries only).
+    pub split: Option<std::sync::Arc<crate::tokens::split::SplitTokens>>,
 }
 
 #[derive(Debug, Clone)]

@@ -112,6 +112,31 @@ pub(crate) struct TokensSpec {
     pub query: Option<String>,
     #[serde(default)]
     pub refresh_interval: Option<String>,
+    #[serde(default)]
+    pub split: Option<SplitSpec>,
+    /// Pepper values are secrets: `TokensSpec`'s `Debug` is derived, so
+    /// they sit behind [`Peppers`], whose `Debug` shows ids only.
+    #[serde(default)]
+    pub peppers: Option<Peppers>,
+}
+
+/// `tokens.split` (the contract, §7.2): the shape of a split token.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SplitSpec {
+    pub prefix: String,
+    pub separator: String,
+}
+
+/// `tokens.peppers`: HMAC keys by pepper id. Never shows a value.
+#[derive(Deserialize)]
+#[serde(transparent)]
+pub(crate) struct Peppers(pub std::collections::BTreeMap<String, String>);
+
+impl std::fmt::Debug for Peppers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.0.keys()).finish()
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]

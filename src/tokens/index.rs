@@ -24,6 +24,7 @@ use hashbrown::hash_table::{Entry, HashTable};
 use http::HeaderValue;
 use ipnet::IpNet;
 
+use super::split::{SplitKey, SplitTokens};
 use super::usage::UsageCell;
 use super::{Scope, TokenHash, TokenId, TokenRecord};
 use crate::config::Rate;
@@ -109,6 +110,12 @@ pub struct TokenIndex {
     ids: RandomState,
     /// Rows of a database source that were read but skipped as invalid.
     rows_invalid: usize,
+    /// The config's split-token rules, when it has them.
+    split: Option<Arc<SplitTokens>>,
+    /// Split tokens' keys and digests; `by_key` maps a key to a position
+    /// here. Split tokens are not in `by_hash`.
+    split_keys: Vec<(u32, SplitKey)>,
+    by_key: HashTable<u32>,
 }
 
 /// A record that cannot go into an index.
@@ -138,6 +145,36 @@ impl TokenIndex {
         self.by_hash
             .find(digest_hash(hash), |&i| entries[i as usize].hash == *hash)
             .map(|&i| &entries[i as usize])
+    }
+
+    /// The split-token rules this index was built with.
+    #[inline]
+    pub fn split_rules(&self) -> Option<&SplitTokens> {
+        self.split.as_deref()
+    }
+
+    /// The entry for a presented split token (`rules` claims it): every
+    /// way it can be wrong — shape, key, pepper, digest — is `None`; the
+    /// digest is compared in constant time.
+    pub fn get_split(&self, rules: &SplitTokens, token: &[u8]) -> Option<&TokenEntry> {
+        let (key, secret) = rules.parse(token)?;
+        let keys = &self.split_keys;
+        let &at = self.by_key.find(self.ids.hash_one(key.as_bytes()), |&i| {
+            &*keys[i as usize].1.key == key
+        })?;
+        let (entry, stored) = &keys[at as usize];
+        rules
+            .verify(&stored.digest, secret)
+            .then(|| &self.entries[*entry as usize])
+    }
+
+    /// The split key of the token with this id, if it is a split token
+    /// (a scan: for `explain`, not the request path).
+    pub fn split_key_of(&self, id: &str) -> Option<&SplitKey> {
+        self.split_keys
+            .iter()
+            .find(|(at, _)| self.entries[*at as usize].id_str() == id)
+            .map(|(_, key)| key)
     }
 
     /// The entry with this id.
@@ -202,6 +239,9 @@ impl IndexBuilder {
                 by_id: HashTable::with_capacity(n),
                 ids: RandomState::new(),
                 rows_invalid: 0,
+                split: None,
+                split_keys: Vec::new(),
+                by_key: HashTable::new(),
             },
             scope_sets: HashMap::new(),
             id_chunk: BytesMut::new(),
@@ -215,6 +255,11 @@ impl IndexBuilder {
 
     pub fn is_empty(&self) -> bool {
         self.index.entries.is_empty()
+    }
+
+    /// The split-token rules the finished index verifies split tokens with.
+    pub fn split_rules(&mut self, rules: Option<Arc<SplitTokens>>) {
+        self.index.split = rules;
     }
 
     /// Counts one row that was read but skipped as invalid.
@@ -244,13 +289,30 @@ impl IndexBuilder {
             Entry::Occupied(_) => return Err(err("duplicate id")),
             Entry::Vacant(slot) => slot,
         };
-        let hash_slot = match index.by_hash.entry(
-            digest_hash(&r.hash),
-            |&i| entries[i as usize].hash == r.hash,
-            |&i| digest_hash(&entries[i as usize].hash),
-        ) {
-            Entry::Occupied(_) => return Err(err("its hash duplicates another token's")),
-            Entry::Vacant(slot) => slot,
+        // A plain token is found by its hash, a split one by its key.
+        let lookup_slot = match &r.split {
+            None => match index.by_hash.entry(
+                digest_hash(&r.hash),
+                |&i| entries[i as usize].hash == r.hash,
+                |&i| digest_hash(&entries[i as usize].hash),
+            ) {
+                Entry::Occupied(_) => return Err(err("its hash duplicates another token's")),
+                Entry::Vacant(slot) => LookupSlot::Hash(slot),
+            },
+            Some(split) => {
+                let keys = &index.split_keys;
+                let key = split.key.as_bytes();
+                match index.by_key.entry(
+                    ids.hash_one(key),
+                    |&i| keys[i as usize].1.key.as_bytes() == key,
+                    |&i| ids.hash_one(keys[i as usize].1.key.as_bytes()),
+                ) {
+                    Entry::Occupied(_) => {
+                        return Err(err("its split-token key duplicates another token's"))
+                    }
+                    Entry::Vacant(slot) => LookupSlot::Key(slot),
+                }
+            }
         };
         let scopes = match self.scope_sets.get(&r.scopes) {
             Some(s) => s.clone(),
@@ -267,7 +329,18 @@ impl IndexBuilder {
         };
         // Both slots are taken only once nothing can fail any more.
         id_slot.insert(position);
-        hash_slot.insert(position);
+        match lookup_slot {
+            LookupSlot::Hash(slot) => {
+                slot.insert(position);
+            }
+            LookupSlot::Key(slot) => {
+                let at = u32::try_from(index.split_keys.len()).unwrap_or(u32::MAX);
+                slot.insert(at);
+                if let Some(split) = r.split {
+                    index.split_keys.push((position, split));
+                }
+            }
+        }
         let id = shared_id(&mut self.id_chunk, &r.id);
         index.entries.push(TokenEntry {
             hash: r.hash,
@@ -288,8 +361,15 @@ impl IndexBuilder {
     pub fn finish(self) -> TokenIndex {
         let mut index = self.index;
         index.entries.shrink_to_fit();
+        index.split_keys.shrink_to_fit();
         index
     }
+}
+
+/// Where a new entry will be found: by its hash, or by its split key.
+enum LookupSlot<'a> {
+    Hash(hashbrown::hash_table::VacantEntry<'a, u32>),
+    Key(hashbrown::hash_table::VacantEntry<'a, u32>),
 }
 
 /// `id` again, with its bytes in a shared chunk: one allocation per 64 KiB
@@ -390,6 +470,87 @@ mod tests {
             let e = idx.get(&TokenHash::of(format!("secret-{i}").as_bytes()));
             assert_eq!(e.unwrap().id_str(), format!("token-{i:014}"));
         }
+    }
+
+    fn split_rules() -> Arc<SplitTokens> {
+        let peppers = HashMap::from([("1".into(), b"pepper-one".to_vec().into_boxed_slice())]);
+        Arc::new(SplitTokens::new("nbt_", ".", peppers))
+    }
+
+    fn split_rec(id: &str, key: &str, pepper_id: &str, secret: &str) -> TokenRecord {
+        let digest = crate::tokens::split::hmac_hex(b"pepper-one", secret.as_bytes());
+        let split = SplitKey {
+            key: key.into(),
+            digest: crate::tokens::split::SplitDigest::from_hex(pepper_id, &digest).unwrap(),
+        };
+        let mut r = rec(id, "unused", &["x"]);
+        r.hash = split.binding_hash();
+        r.split = Some(split);
+        r
+    }
+
+    fn split_index(records: Vec<TokenRecord>) -> Result<TokenIndex, IndexError> {
+        let mut b = IndexBuilder::default();
+        b.split_rules(Some(split_rules()));
+        for r in records {
+            b.push(r)?;
+        }
+        Ok(b.finish())
+    }
+
+    #[test]
+    fn a_split_token_is_found_by_its_key_and_verified_by_its_digest() {
+        let idx = split_index(vec![
+            split_rec("v2", "k1", "1", "s3cret"),
+            split_rec("v2-other-pepper", "k2", "9", "s3cret"),
+            rec("v1", "plain", &["x"]),
+        ])
+        .unwrap();
+        let rules = idx.split_rules().unwrap();
+        assert_eq!(
+            idx.get_split(rules, b"nbt_k1.s3cret").unwrap().id_str(),
+            "v2"
+        );
+        assert!(
+            idx.get_split(rules, b"nbt_k1.s3cres").is_none(),
+            "wrong digest"
+        );
+        assert!(
+            idx.get_split(rules, b"nbt_k3.s3cret").is_none(),
+            "unknown key"
+        );
+        assert!(
+            idx.get_split(rules, b"nbt_k2.s3cret").is_none(),
+            "unknown pepper"
+        );
+        assert!(idx.get_split(rules, b"nbt_k1").is_none(), "wrong shape");
+        // A split token is never found by a hash, whatever is presented.
+        let v2 = idx.find_id("v2").unwrap();
+        assert!(idx.get(v2.hash()).is_none());
+        assert_eq!(idx.get(&TokenHash::of(b"plain")).unwrap().id_str(), "v1");
+    }
+
+    #[test]
+    fn a_duplicate_split_key_fails_the_build_and_leaves_no_trace() {
+        let e = split_index(vec![
+            split_rec("a", "k1", "1", "one"),
+            split_rec("b", "k1", "1", "two"),
+        ])
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "token \"b\": its split-token key duplicates another token's"
+        );
+        let mut b = IndexBuilder::default();
+        b.split_rules(Some(split_rules()));
+        b.push(split_rec("a", "k1", "1", "one")).unwrap();
+        assert!(b.push(split_rec("b", "k1", "1", "two")).is_err());
+        b.push(split_rec("c", "k2", "1", "two")).unwrap();
+        let idx = b.finish();
+        let rules = idx.split_rules().unwrap();
+        assert!(idx.find_id("b").is_none());
+        assert_eq!(idx.get_split(rules, b"nbt_k2.two").unwrap().id_str(), "c");
+        assert_eq!(idx.get_split(rules, b"nbt_k1.one").unwrap().id_str(), "a");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 use ipnet::IpNet;
 use time::OffsetDateTime;
 
+use super::split::SplitKey;
 use super::{Scope, TokenHash, TokenId};
 use crate::config::Rate;
 
@@ -28,6 +29,10 @@ pub struct TokenRecord {
     pub last_used_at: Option<OffsetDateTime>,
     /// Loaded from a plaintext `token:` entry (development only).
     pub from_plaintext: bool,
+    /// A split token (the contract, §7.2): found by its public key and
+    /// verified against a digest, never by `hash` (which then only binds
+    /// sessions to this digest; see [`SplitKey::binding_hash`]).
+    pub split: Option<SplitKey>,
 }
 
 impl TokenRecord {
@@ -47,6 +52,7 @@ impl TokenRecord {
             updated_at: None,
             last_used_at: None,
             from_plaintext: false,
+            split: None,
         }
     }
 }

@@ -12,7 +12,9 @@ use std::collections::HashMap;
 use std::fmt;
 
 use hmac::{Hmac, Mac};
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
+
+use super::TokenHash;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -47,6 +49,41 @@ impl SplitDigest {
     }
 }
 
+/// What a source stores for one split token: its public key and the
+/// digest of its secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SplitKey {
+    pub key: Box<str>,
+    pub digest: SplitDigest,
+}
+
+impl fmt::Debug for SplitKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SplitKey")
+            .field("key", &self.key)
+            .field("digest", &self.digest)
+            .finish()
+    }
+}
+
+impl SplitKey {
+    /// The `TokenHash` a split token's record carries: SHA-256 over a
+    /// domain tag, the key, the pepper id and the digest. It is never put
+    /// where presented tokens are looked up (a split token is found only
+    /// by its key), so it matches no credential; it changes whenever the
+    /// token's digest does, which is what sessions bind to.
+    pub fn binding_hash(&self) -> TokenHash {
+        let mut h = Sha256::new();
+        h.update(b"tollgate split token\0");
+        h.update(self.key.as_bytes());
+        h.update(b"\0");
+        h.update(self.digest.pepper_id.as_bytes());
+        h.update(b"\0");
+        h.update(self.digest.hmac);
+        TokenHash(h.finalize().into())
+    }
+}
+
 /// The split-token rules of a config: the shape, and the peppers by id.
 #[derive(Clone, PartialEq, Eq)]
 pub struct SplitTokens {
@@ -75,6 +112,19 @@ impl SplitTokens {
             separator: separator.into(),
             peppers,
         }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub fn separator(&self) -> &str {
+        &self.separator
+    }
+
+    /// Whether a pepper with this id is configured.
+    pub fn has_pepper(&self, id: &str) -> bool {
+        self.peppers.contains_key(id)
     }
 
     /// Whether `token` is meant as a split token (it has the prefix); such

@@ -227,6 +227,7 @@ mod tests {
             },
             query: None,
             refresh_interval: Duration::from_secs(5),
+            split: None,
         };
         let source = Source::open(&settings).unwrap();
         source.ensure_schema().await.unwrap();

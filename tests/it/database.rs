@@ -24,6 +24,7 @@ use crate::support::*;
 
 mod rows;
 mod secrets;
+mod split;
 
 /// A schema of its own in the test database.
 struct Pg {
@@ -540,12 +541,13 @@ async fn postgres_a_gateway_started_while_the_database_is_down_answers_not_ready
 /// migrations create them), in the current schema.
 const NETBOX_USERS_TOKEN: &str = include_str!("../fixtures/netbox_users_token.sql");
 
-const NB_WRITE: &str = "0123456789abcdef0123456789abcdef01234567";
+const NB_WRITE: &str = "a123456789abcdef0123456789abcdef01234567";
 const NB_READ: &str = "1123456789abcdef0123456789abcdef01234567";
 const NB_EXPIRED: &str = "2123456789abcdef0123456789abcdef01234567";
 const NB_DISABLED: &str = "3123456789abcdef0123456789abcdef01234567";
 const NB_ELSEWHERE: &str = "4123456789abcdef0123456789abcdef01234567";
-/// The public key of a v2 token: must never pass as a credential.
+/// The public key of a v2 token whose digest matches nothing: must never
+/// pass as a credential.
 const NB_V2_KEY: &str = "AbCdEfGh01234567";
 
 /// config/examples/netbox.yaml with only the addresses, the database URL
@@ -565,6 +567,10 @@ fn netbox_config(up: SocketAddr, url: &str) -> String {
         ("127.0.0.1:9901", "127.0.0.1:0".into()),
         ("http://127.0.0.1:8000", format!("http://{up}")),
         ("refresh_interval: 5s", "refresh_interval: 1s".into()),
+        (
+            "${NETBOX_API_TOKEN_PEPPER_1}",
+            format!("\"{}\"", split::PEPPER),
+        ),
     ] {
         assert!(config.contains(from), "netbox.yaml no longer has {from:?}");
         config = config.replace(from, &to);
@@ -577,7 +583,9 @@ async fn netbox_preset_reads_users_token_as_it_is_and_follows_its_changes() {
     let Some(pg) = Pg::new().await else { return };
     pg.exec(NETBOX_USERS_TOKEN).await;
     pg.exec(&format!(
-        "INSERT INTO users_token (id, version, enabled, write_enabled, expires, plaintext, \
+        "INSERT INTO users_user (id, username, is_active) VALUES (1, 'admin', true), \
+           (2, 'leaver', true);
+         INSERT INTO users_token (id, version, enabled, write_enabled, expires, plaintext, \
            allowed_ips, description, user_id) VALUES
          (1, 1, true, true, NULL, '{NB_WRITE}', NULL, 'automation', 1),
          (2, 1, true, false, now() + interval '30 days', '{NB_READ}', '{{127.0.0.0/8}}', '', 1),
@@ -585,8 +593,12 @@ async fn netbox_preset_reads_users_token_as_it_is_and_follows_its_changes() {
          (4, 1, false, true, NULL, '{NB_DISABLED}', NULL, '', 1),
          (5, 1, true, true, NULL, '{NB_ELSEWHERE}', '{{10.0.0.0/8,192.168.0.0/16}}', '', 1);
          INSERT INTO users_token (id, version, enabled, write_enabled, key, pepper_id, \
-           hmac_digest, user_id) VALUES (6, 2, true, true, '{NB_V2_KEY}', 1, '{}', 1);",
-        "0".repeat(64)
+           hmac_digest, user_id) VALUES (6, 2, true, true, '{NB_V2_KEY}', 1, '{}', 1), \
+           (7, 2, true, false, '{v2_key}', 1, '{v2_digest}', 1), \
+           (8, 2, true, true, 'LEAVERKEY000', 1, '{v2_digest}', 2);",
+        "0".repeat(64),
+        v2_key = split::V2_KEY,
+        v2_digest = split::V2_DIGEST,
     ))
     .await;
     let up = Upstream::start().await;
@@ -625,6 +637,54 @@ async fn netbox_preset_reads_users_token_as_it_is_and_follows_its_changes() {
         1,
         "only the read-only key's GET went through"
     );
+    up.clear();
+
+    // A v2 token from the same query: Bearer nbt_<key>.<token>, verified
+    // against NetBox's HMAC digest under the configured pepper, read-only
+    // here (write_enabled = false), forwarded as sent.
+    let v2 = format!("Bearer nbt_{}.{}", split::V2_KEY, split::V2_SECRET);
+    let auth = format!("Authorization: {v2}");
+    let r = get(gw.addr(), "/api/dcim/devices/", &[&auth]).await;
+    assert_eq!(r.status, 200, "{}", r.head);
+    let seen = up.only();
+    assert_eq!(seen.header("x-tollgate-token-id"), Some("nb-7"));
+    assert_eq!(seen.header("authorization"), Some(v2.as_str()));
+    up.clear();
+    let r = request(gw.addr(), "POST", "/api/dcim/devices/", &[&auth], "{}").await;
+    assert_refusal(&r, 403, "read_only_token");
+    split::every_invalid_split_token_is_the_same_401(
+        gw.addr(),
+        "/api/dcim/devices/",
+        "Bearer",
+        &up,
+    )
+    .await;
+
+    // A deactivated user's tokens stop working, v1 and v2 alike.
+    let leaver = format!(
+        "Authorization: Bearer nbt_LEAVERKEY000.{}",
+        split::V2_SECRET
+    );
+    assert_eq!(
+        get(gw.addr(), "/api/dcim/devices/", &[&leaver])
+            .await
+            .status,
+        200
+    );
+    pg.exec("UPDATE users_user SET is_active = false WHERE id = 2")
+        .await;
+    within(
+        Duration::from_secs(3),
+        "deactivated user refused",
+        || async {
+            get(gw.addr(), "/api/dcim/devices/", &[&leaver])
+                .await
+                .status
+                == 401
+        },
+    )
+    .await;
+    up.clear();
 
     // Changes made in NetBox arrive within the refresh interval (1 s).
     pg.exec(

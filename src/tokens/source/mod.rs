@@ -87,12 +87,13 @@ impl Source {
     pub fn open(settings: &TokenSourceSettings) -> Result<Source, SourceError> {
         Ok(match &settings.kind {
             SourceKind::File { path } => Source::File(file::FileSource::new(path.clone())),
-            SourceKind::Sqlite { path } => Source::Sqlite(sqlite::SqliteSource::new(
-                path.clone(),
-                settings.query.clone(),
-            )),
+            SourceKind::Sqlite { path } => Source::Sqlite(
+                sqlite::SqliteSource::new(path.clone(), settings.query.clone())
+                    .with_split(settings.split.clone()),
+            ),
             SourceKind::Postgres { url } => {
-                let source = postgres::PostgresSource::new(url.clone(), settings.query.clone());
+                let source = postgres::PostgresSource::new(url.clone(), settings.query.clone())
+                    .with_split(settings.split.clone());
                 source.check_url()?;
                 Source::Postgres(source)
             }
@@ -240,6 +241,7 @@ mod tests {
             },
             query: None,
             refresh_interval: Duration::from_secs(5),
+            split: None,
         };
         assert!(matches!(
             Source::open(&settings),
@@ -255,6 +257,7 @@ mod tests {
             },
             query: None,
             refresh_interval: Duration::from_secs(5),
+            split: None,
         };
         let source = Source::open(&settings).unwrap();
         source.ensure_schema().await.unwrap();

@@ -21,6 +21,7 @@ use tokio::task::AbortHandle;
 
 use super::sql::{self, InvalidRow, Stored};
 use super::{Fingerprint, Loaded, SourceError};
+use crate::tokens::split::SplitTokens;
 use crate::tokens::{TokenId, TokenIndex, TokenRecord};
 
 mod cells;
@@ -40,6 +41,8 @@ pub struct PostgresSource {
     /// `Err` holds why it does not parse.
     options: Result<Box<PgConnectOptions>, String>,
     query: Option<String>,
+    /// `tokens.split` and its peppers, for the indexes this source builds.
+    split: Option<Arc<SplitTokens>>,
     pool: OnceCell<PgPool>,
     listener: Mutex<Option<AbortHandle>>,
     reported: sql::Reported,
@@ -57,10 +60,17 @@ impl PostgresSource {
         PostgresSource {
             options,
             query,
+            split: None,
             pool: OnceCell::new(),
             listener: Mutex::new(None),
             reported: sql::Reported::default(),
         }
+    }
+
+    /// The split-token rules the indexes it builds verify split tokens with.
+    pub fn with_split(mut self, split: Option<Arc<SplitTokens>>) -> Self {
+        self.split = split;
+        self
     }
 
     /// Whether the URL parsed (checked by `Source::open`).
@@ -85,7 +95,7 @@ impl PostgresSource {
         let read = async {
             let mut conn = pool.acquire().await.map_err(|e| self.db_error(e))?;
             let statement = conn.prepare(&sql).await.map_err(|e| self.db_error(e))?;
-            let shape = sql::shape_of(self.origin(), &statement)?;
+            let shape = sql::shape_of(self.origin(), &statement, self.split.as_ref())?;
             let rows = statement
                 .query()
                 .fetch_all(&mut *conn)
@@ -129,10 +139,11 @@ impl PostgresSource {
                 }
             }
             let statement = (&mut *tx).prepare(&sql).await.map_err(db)?;
-            let shape = sql::shape_of(self.origin(), &statement)?;
+            let shape = sql::shape_of(self.origin(), &statement, self.split.as_ref())?;
             let rows = before.as_ref().map_or(0, |(_, rows)| *rows);
             let stream = statement.query().fetch(&mut *tx);
-            let (index, invalid) = sql::build(self.origin(), &shape, rows, stream, db).await?;
+            let (index, invalid) =
+                sql::build(self.origin(), &shape, self.split.as_ref(), rows, stream, db).await?;
             self.reported.log(self.origin(), invalid);
             Ok(Some((tx, index, before.map(|(f, _)| f))))
         };

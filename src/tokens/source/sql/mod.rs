@@ -13,6 +13,7 @@ mod stored;
 mod tests;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::{Column, Statement};
@@ -23,6 +24,7 @@ pub(crate) use row::{build, int_bool, parse_ip, parse_time, records, Bad, Report
 pub(crate) use stored::{format_time, now, Stored};
 
 use super::SourceError;
+use crate::tokens::split::SplitTokens;
 
 /// The table every database source reads (unless a custom query is set).
 pub const TABLE: &str = "tollgate_tokens";
@@ -35,8 +37,10 @@ pub const READ_ONLY_QUERY: &str =
 pub(crate) const QUERY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Every column a result may carry, in the order of the default `SELECT`.
-/// `token` (plaintext) is not a table column; only a custom query returns it.
-const COLUMNS: [&str; 15] = [
+/// `token` (plaintext) and the split-token columns `key`, `hmac_digest` and
+/// `pepper_id` (the contract, §7.2) are not table columns; only a custom
+/// query returns them.
+const COLUMNS: [&str; 18] = [
     "id",
     "sha256",
     "scopes",
@@ -52,8 +56,11 @@ const COLUMNS: [&str; 15] = [
     "updated_at",
     "last_used_at",
     "token",
+    "key",
+    "hmac_digest",
+    "pepper_id",
 ];
-const TABLE_COLUMNS: usize = COLUMNS.len() - 1;
+const TABLE_COLUMNS: usize = 14;
 /// The leading columns the token index uses; the rest are for `token list`.
 const INDEX_COLUMNS: usize = 10;
 
@@ -93,7 +100,8 @@ pub(crate) struct Shape {
 
 impl Shape {
     /// Checks a result's column names (ASCII case-insensitively): `id`,
-    /// `scopes`, and `sha256` or `token` are required; a name that is not
+    /// `scopes`, and `sha256`, `token` or the three split-token columns
+    /// are required; a name that is not
     /// a column of §4 is refused, so a misspelt `read_only` cannot silently
     /// give write access.
     pub(crate) fn of<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<Shape, String> {
@@ -115,10 +123,25 @@ impl Shape {
                 return Err(format!("does not return the column {required:?}"));
             }
         }
-        if shape.index("sha256").is_none() && shape.index("token").is_none() {
-            return Err("returns neither a \"sha256\" nor a \"token\" column".into());
+        let split = SPLIT_COLUMNS.map(|c| shape.index(c).is_some());
+        if split.contains(&true) && split.contains(&false) {
+            return Err(format!(
+                "returns some but not all of the split-token columns {}",
+                SPLIT_COLUMNS.join(", ")
+            ));
+        }
+        if shape.index("sha256").is_none() && shape.index("token").is_none() && !split[0] {
+            return Err(
+                "returns none of \"sha256\", \"token\" and the split-token columns \"key\", \"hmac_digest\", \"pepper_id\""
+                    .into(),
+            );
         }
         Ok(shape)
+    }
+
+    /// Whether the result carries split tokens' columns.
+    pub(crate) fn has_split(&self) -> bool {
+        self.index("key").is_some()
     }
 
     fn index(&self, column: &str) -> Option<usize> {
@@ -129,14 +152,25 @@ impl Shape {
     }
 }
 
+/// The columns of a split token (the contract, §7.2).
+const SPLIT_COLUMNS: [&str; 3] = ["key", "hmac_digest", "pepper_id"];
+
 /// The [`Shape`] of a prepared statement's columns; `origin` names the
-/// source in the error.
+/// source in the error. Split-token columns need the config's split rules
+/// (`split`), without which their rows could never be verified.
 pub(crate) fn shape_of<'q, S: Statement<'q>>(
     origin: &str,
     statement: &S,
+    split: Option<&Arc<SplitTokens>>,
 ) -> Result<Shape, SourceError> {
-    Shape::of(statement.columns().iter().map(|c| c.name()))
-        .map_err(|p| SourceError::Invalid(format!("{origin}: {p}")))
+    let shape = Shape::of(statement.columns().iter().map(|c| c.name()))
+        .map_err(|p| SourceError::Invalid(format!("{origin}: {p}")))?;
+    if shape.has_split() && split.is_none() {
+        return Err(SourceError::Invalid(format!(
+            "{origin}: returns split tokens (key, hmac_digest, pepper_id) but tokens.split and tokens.peppers are not configured"
+        )));
+    }
+    Ok(shape)
 }
 
 /// Why `create` stored nothing: `existing` is the id of the row that holds

@@ -9,6 +9,7 @@
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_core::Stream;
@@ -19,6 +20,7 @@ use time::OffsetDateTime;
 use super::{Cells, Shape};
 use crate::config::Rate;
 use crate::tokens::source::SourceError;
+use crate::tokens::split::{SplitDigest, SplitKey, SplitTokens};
 use crate::tokens::{secret, IndexBuilder, Scope, TokenHash, TokenId, TokenIndex, TokenRecord};
 
 /// A streamed load gives other tasks on its thread a turn this often (rows).
@@ -115,6 +117,7 @@ pub(crate) fn records<R: Cells>(
 pub(crate) async fn build<R, S>(
     origin: &str,
     shape: &Shape,
+    split: Option<&Arc<SplitTokens>>,
     capacity: usize,
     mut rows: S,
     db_error: impl Fn(sqlx::Error) -> SourceError,
@@ -124,6 +127,7 @@ where
     S: Stream<Item = Result<R, sqlx::Error>> + Unpin,
 {
     let mut builder = IndexBuilder::with_capacity(capacity);
+    builder.split_rules(split.cloned());
     let mut invalid = Vec::new();
     let mut n = 0;
     while let Some(row) =
@@ -217,13 +221,16 @@ impl<R: Cells> Reader<'_, R> {
 
         let sha256 = self.cell(who, "sha256", Cells::text)?;
         let token = self.cell(who, "token", Cells::text)?;
-        let (hash, from_plaintext) = match (sha256, token) {
-            (Some(hex), None) => (
+        let split = self.split(who)?;
+        let (hash, from_plaintext) = match (sha256, token, &split) {
+            (None, None, Some(split)) => (split.binding_hash(), false),
+            (_, _, Some(_)) => return Err(err("key", "is set together with sha256 or token")),
+            (Some(hex), None, None) => (
                 TokenHash::from_hex(&hex)
                     .ok_or_else(|| err("sha256", "is not 64 lowercase hex characters"))?,
                 false,
             ),
-            (None, Some(plain)) => {
+            (None, Some(plain), None) => {
                 if plain.is_empty() {
                     return Err(err("token", "is empty"));
                 }
@@ -235,13 +242,12 @@ impl<R: Cells> Reader<'_, R> {
                 }
                 (TokenHash::of(plain.as_bytes()), true)
             }
-            (Some(_), Some(_)) => return Err(err("token", "is set together with sha256")),
-            (None, None) => {
-                let column = if self.shape.index("sha256").is_some() {
-                    "sha256"
-                } else {
-                    "token"
-                };
+            (Some(_), Some(_), None) => return Err(err("token", "is set together with sha256")),
+            (None, None, None) => {
+                let column = ["sha256", "token", "key"]
+                    .into_iter()
+                    .find(|c| self.shape.index(c).is_some())
+                    .unwrap_or("sha256");
                 return Err(err(column, "is null"));
             }
         };
@@ -273,8 +279,43 @@ impl<R: Cells> Reader<'_, R> {
             updated_at: self.cell(who, "updated_at", Cells::timestamp)?,
             last_used_at: self.cell(who, "last_used_at", Cells::timestamp)?,
             from_plaintext,
+            split,
             id,
         })
+    }
+
+    /// The split-token columns (the contract, §7.2): all NULL for a plain
+    /// token; otherwise a key, a digest and a pepper id (an integer or
+    /// text).
+    fn split(&self, who: Option<&TokenId>) -> Result<Option<SplitKey>, RowError> {
+        let err = |column: &'static str, p: &str| problem(who, column, p);
+        let key = self.cell(who, "key", Cells::text)?;
+        let digest = self.cell(who, "hmac_digest", Cells::text)?;
+        let pepper = match self.cell(who, "pepper_id", Cells::integer) {
+            Ok(n) => n.map(|n| n.to_string()),
+            Err(_) => self.cell(who, "pepper_id", Cells::text)?,
+        };
+        let (key, digest, pepper) = match (key, digest, pepper) {
+            (None, None, None) => return Ok(None),
+            (None, _, _) => {
+                return Err(err("key", "is null while hmac_digest or pepper_id is set"))
+            }
+            (_, None, _) => return Err(err("hmac_digest", "is null while key is set")),
+            (_, _, None) => return Err(err("pepper_id", "is null while key is set")),
+            (Some(k), Some(d), Some(p)) => (k, d, p),
+        };
+        if key.is_empty() || !key.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(err("key", "is not one or more visible ASCII characters"));
+        }
+        if pepper.is_empty() {
+            return Err(err("pepper_id", "is empty"));
+        }
+        let digest = SplitDigest::from_hex(&pepper, &digest)
+            .ok_or_else(|| err("hmac_digest", "is not 64 lowercase hex characters"))?;
+        Ok(Some(SplitKey {
+            key: key.into_boxed_str(),
+            digest,
+        }))
     }
 
     /// An absent column reads as NULL.

@@ -154,7 +154,9 @@ fn plaintext_token_is_hashed_and_marked() {
 
 #[test]
 fn shape_requires_id_scopes_and_a_secret_and_refuses_unknown_names() {
-    assert!(Shape::of(["id", "scopes"]).unwrap_err().contains("neither"));
+    assert!(Shape::of(["id", "scopes"])
+        .unwrap_err()
+        .contains("returns none of"));
     assert!(Shape::of(["id", "sha256"]).unwrap_err().contains("scopes"));
     assert!(Shape::of(["sha256", "scopes"]).unwrap_err().contains("id"));
     let typo = Shape::of(["id", "sha256", "scopes", "read_onyl"]).unwrap_err();
@@ -346,4 +348,104 @@ fn latest_uses_keeps_the_newest_per_id() {
 fn format_time_is_utc_rfc3339() {
     let t = parse_time("2027-01-01T02:00:00+02:00").unwrap();
     assert_eq!(format_time(t), "2027-01-01T00:00:00Z");
+}
+
+const DIGEST: &str = "bb68c777f02e00373160930d8d8da0763fc117371d96bbb9f70ca36c5de56dac";
+
+/// `id, sha256, scopes, key, hmac_digest, pepper_id`, as a query over
+/// NetBox's table returns v1 and v2 rows together.
+fn split_shape() -> Shape {
+    Shape::of(["id", "sha256", "scopes", "key", "hmac_digest", "pepper_id"]).unwrap()
+}
+
+fn split_row(id: &'static str, key: Cell, digest: Cell, pepper: Cell) -> FakeRow {
+    FakeRow(vec![
+        Cell::Text(id),
+        Cell::Null,
+        Cell::Text("a"),
+        key,
+        digest,
+        pepper,
+    ])
+}
+
+#[test]
+fn a_split_row_and_a_plain_row_come_from_one_query() {
+    let plain = FakeRow(vec![
+        Cell::Text("v1"),
+        Cell::Text(HASH),
+        Cell::Text("a"),
+        Cell::Null,
+        Cell::Null,
+        Cell::Null,
+    ]);
+    // NetBox's pepper_id is a smallint; a text id is accepted too.
+    let v2 = split_row("v2", Cell::Text("k1"), Cell::Text(DIGEST), Cell::Int(1));
+    let v2_text = split_row("v2t", Cell::Text("k2"), Cell::Text(DIGEST), Cell::Text("x"));
+    let records = valid(records("q", &split_shape(), &[plain, v2, v2_text]));
+    assert_eq!(records[0].split, None);
+    assert_eq!(records[0].hash, TokenHash::from_hex(HASH).unwrap());
+    let split = records[1].split.as_ref().unwrap();
+    assert_eq!((&*split.key, &*split.digest.pepper_id), ("k1", "1"));
+    assert_eq!(records[1].hash, split.binding_hash());
+    assert_eq!(&*records[2].split.as_ref().unwrap().digest.pepper_id, "x");
+    assert_ne!(records[1].hash, records[2].hash, "the key is bound in");
+}
+
+#[test]
+fn a_split_row_with_a_missing_or_malformed_part_is_skipped_without_quoting_it() {
+    for (row, want) in [
+        (
+            split_row("t", Cell::Text("k"), Cell::Null, Cell::Int(1)),
+            "token \"t\": hmac_digest: is null while key is set",
+        ),
+        (
+            split_row("t", Cell::Text("k"), Cell::Text(DIGEST), Cell::Null),
+            "token \"t\": pepper_id: is null while key is set",
+        ),
+        (
+            split_row("t", Cell::Null, Cell::Text(DIGEST), Cell::Int(1)),
+            "token \"t\": key: is null while hmac_digest or pepper_id is set",
+        ),
+        (
+            split_row(
+                "t",
+                Cell::Text("k"),
+                Cell::Text("SECRETSECRET"),
+                Cell::Int(1),
+            ),
+            "token \"t\": hmac_digest: is not 64 lowercase hex characters",
+        ),
+        (
+            split_row("t", Cell::Text("a key"), Cell::Text(DIGEST), Cell::Int(1)),
+            "token \"t\": key: is not one or more visible ASCII characters",
+        ),
+        (
+            split_row("t", Cell::Null, Cell::Null, Cell::Null),
+            "token \"t\": sha256: is null",
+        ),
+    ] {
+        let (problem, kept) = skipped(records("q", &split_shape(), &[row]));
+        assert_eq!(problem, want);
+        assert!(kept.is_empty());
+        assert!(!problem.contains("SECRET"));
+    }
+    let mut both = split_row("t", Cell::Text("k"), Cell::Text(DIGEST), Cell::Int(1));
+    both.0[1] = Cell::Text(HASH);
+    let (problem, _) = skipped(records("q", &split_shape(), &[both]));
+    assert_eq!(
+        problem,
+        "token \"t\": key: is set together with sha256 or token"
+    );
+}
+
+#[test]
+fn the_split_columns_come_all_together_or_not_at_all() {
+    let err = Shape::of(["id", "scopes", "key", "hmac_digest"]).unwrap_err();
+    assert_eq!(
+        err,
+        "returns some but not all of the split-token columns key, hmac_digest, pepper_id"
+    );
+    assert!(Shape::of(["id", "scopes", "key", "hmac_digest", "pepper_id"]).is_ok());
+    assert!(Shape::of(["id", "scopes"]).is_err());
 }

@@ -10,7 +10,7 @@
 //! custom query, whose database is only ever opened read-only.
 
 use std::path::PathBuf;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
@@ -19,6 +19,7 @@ use time::OffsetDateTime;
 
 use super::sql::{self, InvalidRow, Stored};
 use super::SourceError;
+use crate::tokens::split::SplitTokens;
 use crate::tokens::{TokenId, TokenIndex, TokenRecord};
 
 mod cells;
@@ -47,6 +48,8 @@ const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS tollgate_tokens (
 pub struct SqliteSource {
     path: PathBuf,
     query: Option<String>,
+    /// `tokens.split` and its peppers, for the indexes this source builds.
+    split: Option<Arc<SplitTokens>>,
     /// The pool and the identity of the file it was opened on.
     pool: Mutex<Option<(SqlitePool, Option<FileId>)>>,
     watcher: Mutex<Option<notify::RecommendedWatcher>>,
@@ -60,10 +63,17 @@ impl SqliteSource {
         SqliteSource {
             path,
             query,
+            split: None,
             pool: Mutex::new(None),
             watcher: Mutex::new(None),
             reported: sql::Reported::default(),
         }
+    }
+
+    /// The split-token rules the indexes it builds verify split tokens with.
+    pub fn with_split(mut self, split: Option<Arc<SplitTokens>>) -> Self {
+        self.split = split;
+        self
     }
 
     /// The valid tokens of one `SELECT` (invalid rows skipped). A missing
@@ -80,7 +90,7 @@ impl SqliteSource {
         let read = async {
             let mut conn = pool.acquire().await.map_err(|e| self.db_error(e))?;
             let statement = conn.prepare(&sql).await.map_err(|e| self.db_error(e))?;
-            let shape = sql::shape_of(&self.origin(), &statement)?;
+            let shape = sql::shape_of(&self.origin(), &statement, self.split.as_ref())?;
             let rows = statement
                 .query()
                 .fetch_all(&mut *conn)
@@ -104,9 +114,9 @@ impl SqliteSource {
             let db = |e| self.db_error(e);
             let mut conn = pool.acquire().await.map_err(db)?;
             let statement = conn.prepare(&sql).await.map_err(db)?;
-            let shape = sql::shape_of(&origin, &statement)?;
+            let shape = sql::shape_of(&origin, &statement, self.split.as_ref())?;
             let stream = statement.query().fetch(&mut *conn);
-            sql::build(&origin, &shape, 0, stream, db).await
+            sql::build(&origin, &shape, self.split.as_ref(), 0, stream, db).await
         };
         let (index, invalid) = tokio::time::timeout(sql::QUERY_TIMEOUT, read)
             .await
