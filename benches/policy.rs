@@ -2,7 +2,9 @@
 //! target, match the route, extract the credential, hash and look it up,
 //! decide, check the token's limit, clean the headers — the whole decision
 //! and the pieces on their own — and the per-request bookkeeping around it
-//! (snapshot load, metrics histogram).
+//! (snapshot load, metrics histogram), and the credential lookup itself:
+//! a plain token (one SHA-256 and a probe) beside a split token (a probe by
+//! its public key and one HMAC-SHA256), the contract's §7.2.
 //!
 //! `cargo bench --bench policy -- --quick` runs in well under a minute.
 
@@ -177,6 +179,71 @@ fn policy(c: &mut Criterion) {
     });
 }
 
+/// 100,000 tokens, half plain and half split (NetBox v2 style), and the
+/// rules that verify the split ones.
+fn mixed_index() -> TokenIndex {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+    use tollgate::tokens::split::{hmac_hex, SplitDigest, SplitKey, SplitTokens};
+    let pepper = b"a-pepper-of-at-least-fifty-characters-as-netbox-asks";
+    let rules = SplitTokens::new(
+        "nbt_",
+        ".",
+        HashMap::from([("1".into(), pepper.to_vec().into_boxed_slice())]),
+    );
+    let mut builder = tollgate::tokens::IndexBuilder::with_capacity(100_000);
+    builder.split_rules(Some(Arc::new(rules)));
+    for i in 0..100_000 {
+        let id = TokenId::parse(&format!("token-{i}")).unwrap();
+        let scopes = vec![Scope::parse("scope:netbox").unwrap()];
+        let record = if i % 2 == 0 {
+            TokenRecord::new(id, TokenHash::of(format!("secret-{i}").as_bytes()), scopes)
+        } else {
+            let digest = hmac_hex(pepper, format!("secret-{i}").as_bytes());
+            let split = SplitKey {
+                key: format!("key{i:09}").into(),
+                digest: SplitDigest::from_hex("1", &digest).unwrap(),
+            };
+            let mut r = TokenRecord::new(id, split.binding_hash(), scopes);
+            r.split = Some(split);
+            r
+        };
+        builder.push(record).unwrap();
+    }
+    builder.finish()
+}
+
+fn credentials(c: &mut Criterion) {
+    let tokens = mixed_index();
+    let mut lookup = |name: &str, credential: &'static [u8], found: bool| {
+        assert_eq!(
+            auth::lookup(&tokens, credential, 0).is_some(),
+            found,
+            "{name}"
+        );
+        c.bench_function(name, |b| {
+            b.iter(|| auth::lookup(&tokens, black_box(credential), 0).is_some())
+        });
+    };
+    lookup("credential/plain_sha256_hit_100k", b"secret-4242", true);
+    lookup("credential/plain_sha256_miss_100k", b"not-a-token", false);
+    lookup(
+        "credential/split_hmac_hit_100k",
+        b"nbt_key000004243.secret-4243",
+        true,
+    );
+    lookup(
+        "credential/split_wrong_secret_100k",
+        b"nbt_key000004243.secret-4244",
+        false,
+    );
+    lookup(
+        "credential/split_unknown_key_100k",
+        b"nbt_nosuchkey000.secret-4243",
+        false,
+    );
+}
+
 fn bookkeeping(c: &mut Criterion) {
     let rate = Rate {
         requests: NonZeroU32::new(100_000_000).unwrap(),
@@ -222,5 +289,5 @@ fn bookkeeping(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, policy, bookkeeping);
+criterion_group!(benches, policy, credentials, bookkeeping);
 criterion_main!(benches);

@@ -182,7 +182,8 @@ async fn serve(path: &Path, extra_workers: usize) -> anyhow::Result<()> {
 async fn check(path: &Path) -> anyhow::Result<()> {
     let settings = load(path)?;
     let source = Source::open(&settings.tokens)?;
-    if let Err(e) = source.ensure_schema().await {
+    // The contract: check never writes; it reports what serve would create.
+    if let Err(e) = source.verify_schema().await {
         anyhow::bail!("{}: tokens: {e}", path.display());
     }
     let rows = source

@@ -164,6 +164,7 @@ async fn execute(cmd: TokenCommand, source: &Source, io: &mut Io<'_>) -> anyhow:
                 "created token {:?}; the secret above is shown only this once",
                 record.id
             )?;
+            warn_unscoped(io, &record)?;
         }
         TokenCommand::Import { options } => {
             let now = sql::now();
@@ -174,10 +175,21 @@ async fn execute(cmd: TokenCommand, source: &Source, io: &mut Io<'_>) -> anyhow:
                 bail!("the secret has the tg_ format but a wrong checksum; check it for a typo");
             }
             let record = options.record(TokenHash::of(&secret), now)?;
+            let length = secret.len();
             drop(secret);
             source.ensure_schema().await?;
             source.create(&record).await?;
             writeln!(io.err, "imported token {:?}", record.id)?;
+            warn_unscoped(io, &record)?;
+            // The contract takes any non-empty secret; a short one is
+            // stored, and said to be weak.
+            if length < MIN_STRONG_SECRET {
+                writeln!(
+                    io.err,
+                    "warning: the secret is only {length} bytes long and may be guessed; \
+                     use at least {MIN_STRONG_SECRET} random characters, or `tollgate token create`"
+                )?;
+            }
         }
         TokenCommand::List { json } => {
             source.ensure_schema().await?;
@@ -196,6 +208,23 @@ async fn execute(cmd: TokenCommand, source: &Source, io: &mut Io<'_>) -> anyhow:
             source.revoke(&id).await?;
             writeln!(io.err, "revoked token {id:?}")?;
         }
+    }
+    Ok(())
+}
+
+/// Imported secrets shorter than this get a warning.
+const MIN_STRONG_SECRET: usize = 16;
+
+/// A token without scopes passes only routes that accept any token
+/// (`scopes: ["*"]`); the contract allows it, so it is a warning.
+fn warn_unscoped(io: &mut Io<'_>, record: &TokenRecord) -> io::Result<()> {
+    if record.scopes.is_empty() {
+        writeln!(
+            io.err,
+            "warning: token {:?} has no scope, so only routes with scopes: [\"*\"] accept it; \
+             give --scope (repeatable), e.g. --scope scope:all",
+            record.id
+        )?;
     }
     Ok(())
 }
@@ -253,6 +282,15 @@ fn list_json(tokens: &[TokenRecord], now: OffsetDateTime) -> serde_json::Value {
                 "expires_at": t.expires_at.map(sql::format_time),
                 "state": state(t, now),
                 "last_used_at": t.last_used_at.map(sql::format_time),
+                "allowed_ips": t.allowed_ips.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "rate_limit": t.rate_limit.as_ref().map(|r| serde_json::json!({
+                    "requests": r.requests.get(),
+                    "per_ms": u64::try_from(r.per.as_millis()).unwrap_or(u64::MAX),
+                    "burst": r.burst.get(),
+                })),
+                "description": t.description,
+                "created_at": t.created_at.map(sql::format_time),
+                "updated_at": t.updated_at.map(sql::format_time),
             })
         })
         .collect()
@@ -260,8 +298,18 @@ fn list_json(tokens: &[TokenRecord], now: OffsetDateTime) -> serde_json::Value {
 
 fn list_table(tokens: &[TokenRecord], now: OffsetDateTime) -> String {
     let time_or = |t: Option<OffsetDateTime>, none: &str| t.map_or(none.into(), sql::format_time);
-    let mut rows =
-        vec![["ID", "SCOPES", "READ-ONLY", "EXPIRES", "STATE", "LAST USED"].map(String::from)];
+    let mut rows = vec![[
+        "ID",
+        "SCOPES",
+        "READ-ONLY",
+        "EXPIRES",
+        "STATE",
+        "LAST USED",
+        "RATE",
+        "ALLOWED IPS",
+        "DESCRIPTION",
+    ]
+    .map(String::from)];
     for t in tokens {
         rows.push([
             t.id.to_string(),
@@ -274,9 +322,20 @@ fn list_table(tokens: &[TokenRecord], now: OffsetDateTime) -> String {
             time_or(t.expires_at, "never"),
             state(t, now).into(),
             time_or(t.last_used_at, "never"),
+            t.rate_limit.as_ref().map_or("default".into(), rate_text),
+            if t.allowed_ips.is_empty() {
+                "any".into()
+            } else {
+                let ips: Vec<String> = t.allowed_ips.iter().map(ToString::to_string).collect();
+                ips.join(",")
+            },
+            // One line per token: a description's own line breaks are spaces.
+            t.description.as_deref().map_or("-".into(), |d| {
+                d.split_whitespace().collect::<Vec<_>>().join(" ")
+            }),
         ]);
     }
-    let mut widths = [0; 6];
+    let mut widths = [0; 9];
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
@@ -296,6 +355,17 @@ fn list_table(tokens: &[TokenRecord], now: OffsetDateTime) -> String {
         out.push('\n');
     }
     out
+}
+
+/// A rate as `--rate` takes it, with its burst: `10/1s burst 20`.
+fn rate_text(rate: &Rate) -> String {
+    let ms = rate.per.as_millis();
+    let per = if ms % 1000 == 0 {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    };
+    format!("{}/{per} burst {}", rate.requests, rate.burst)
 }
 
 /// The contract's one rule for ids; refused before anything is stored.
@@ -565,6 +635,39 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_token_without_scope_or_with_a_short_secret_is_stored_with_a_warning() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = sqlite(&dir.path().join("t.db"));
+        let (result, _, err) = exec(&["create", "--id", "bare"], &source, b"").await;
+        result.unwrap();
+        assert!(
+            err.contains("warning: token \"bare\" has no scope, so only routes with scopes: [\"*\"] accept it"),
+            "{err}"
+        );
+        let (result, _, err) = exec(
+            &["import", "--id", "short", "--scope", "s"],
+            &source,
+            b"hunter2\n",
+        )
+        .await;
+        result.unwrap();
+        assert!(
+            err.contains("warning: the secret is only 7 bytes long"),
+            "{err}"
+        );
+        assert!(
+            !err.contains("hunter2") && !err.contains("no scope"),
+            "{err}"
+        );
+        let strong = b"0123456789abcdef\n";
+        let (result, _, err) =
+            exec(&["import", "--id", "ok", "--scope", "s"], &source, strong).await;
+        result.unwrap();
+        assert!(!err.contains("warning"), "{err}");
+        assert_eq!(source.list().await.unwrap().len(), 3);
+    }
+
+    #[tokio::test]
     async fn list_shows_state_and_never_a_secret_or_hash() {
         let dir = tempfile::tempdir().unwrap();
         let source = sqlite(&dir.path().join("t.db"));
@@ -604,10 +707,13 @@ mod tests {
         result.unwrap();
         let lines: Vec<&str> = table.lines().collect();
         assert_eq!(lines.len(), 3);
-        assert!(lines[0].starts_with("ID ") && lines[0].ends_with("LAST USED"));
+        assert!(lines[0].starts_with("ID ") && lines[0].ends_with("DESCRIPTION"));
         assert!(lines[1].starts_with("off ") && lines[1].contains(" disabled "));
         let on: Vec<&str> = lines[2].split_whitespace().collect();
-        assert_eq!(on, ["on", "a,b", "yes", "never", "active", "never"]);
+        assert_eq!(
+            on,
+            ["on", "a,b", "yes", "never", "active", "never", "default", "any", "-"]
+        );
 
         let (result, json, _) = exec(&["list", "--json"], &source, b"").await;
         result.unwrap();
@@ -617,12 +723,55 @@ mod tests {
         assert_eq!(
             value[1],
             serde_json::json!({"id": "on", "scopes": ["a", "b"], "read_only": true,
-                "expires_at": null, "state": "active", "last_used_at": null})
+                "expires_at": null, "state": "active", "last_used_at": null,
+                "allowed_ips": [], "rate_limit": null, "description": null,
+                "created_at": value[1]["created_at"], "updated_at": value[1]["updated_at"]})
         );
+        assert!(value[1]["created_at"].is_string());
         for secret in [b"s1", b"s2"] {
             let hash = TokenHash::of(secret).to_hex();
             assert!(!table.contains(&hash) && !json.contains(&hash));
         }
+    }
+
+    #[tokio::test]
+    async fn list_shows_rate_allowed_ips_and_description() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = sqlite(&dir.path().join("t.db"));
+        let args = [
+            "import",
+            "--id",
+            "full",
+            "--scope",
+            "a",
+            "--rate",
+            "10/1s",
+            "--allow-ip",
+            "10.0.0.0/8",
+            "--allow-ip",
+            "192.168.1.7",
+            "--description",
+            "Grafana\ndatasource",
+        ];
+        exec(&args, &source, b"0123456789abcdef").await.0.unwrap();
+        let (result, table, _) = exec(&["list"], &source, b"").await;
+        result.unwrap();
+        let row = table.lines().nth(1).unwrap();
+        assert!(
+            row.ends_with("10/1s burst 10  10.0.0.0/8,192.168.1.7/32  Grafana datasource"),
+            "{row}"
+        );
+        let (_, json, _) = exec(&["list", "--json"], &source, b"").await;
+        let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(
+            value[0]["rate_limit"],
+            serde_json::json!({"requests": 10, "per_ms": 1000, "burst": 10})
+        );
+        assert_eq!(
+            value[0]["allowed_ips"],
+            serde_json::json!(["10.0.0.0/8", "192.168.1.7/32"])
+        );
+        assert_eq!(value[0]["description"], "Grafana\ndatasource");
     }
 
     #[test]

@@ -145,6 +145,7 @@ impl Drop for Control {
 /// One complete load of a source the running config does not use yet.
 async fn load_new_source(settings: &TokenSourceSettings) -> Result<TokenIndex, String> {
     let source = Source::open(settings).map_err(|e| e.to_string())?;
+    source.ensure_schema().await.map_err(|e| e.to_string())?;
     let mut loaded = None;
     source
         .load_index(None, |index| loaded = Some(index))
@@ -172,6 +173,9 @@ async fn load_loop(
         }
     };
     source.watch(kick.clone());
+    // The contract: serve creates the table (and trigger) when missing. A
+    // failure is logged; the load reports the source as down and retries.
+    let mut schema_ready = false;
     let mut fingerprint = None;
     let mut backoff = FIRST_BACKOFF;
     let mut next_load = Instant::now();
@@ -190,6 +194,12 @@ async fn load_loop(
             Some(reply) = flushes.recv() => {
                 let _ = reply.send(flush(&gateway, &source).await);
                 continue;
+            }
+        }
+        if !schema_ready {
+            match source.ensure_schema().await {
+                Ok(()) => schema_ready = true,
+                Err(error) => tracing::warn!(%error, "cannot create the token table"),
             }
         }
         let ok = load_once(&gateway, &source, &mut fingerprint).await;

@@ -699,3 +699,120 @@ async fn netbox_preset_reads_users_token_as_it_is_and_follows_its_changes() {
     assert!(delay <= Duration::from_millis(1_250), "took {delay:?}");
     assert_eq!(post(NB_READ).await.status, 200, "write now enabled");
 }
+
+/// The contract: `check` never writes; it reports a missing database file,
+/// table or trigger and the command that creates it; `serve` creates them.
+#[tokio::test]
+async fn sqlite_check_never_creates_the_database_and_serve_does() {
+    let up = Upstream::start().await;
+    let config = sqlite_config(up.addr, "200ms");
+    // A config alone, with no gateway: check must leave no file behind.
+    let dir = tempfile::tempdir().unwrap();
+    let alone = dir.path().join("gateway.yaml");
+    std::fs::write(&alone, &config).unwrap();
+    let out = tollgate(&alone, &["check"]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("no such file; `tollgate token create`"),
+        "{stderr}"
+    );
+    assert!(
+        !dir.path().join("tokens.db").exists(),
+        "check created the database"
+    );
+    // An empty file (no table): reported, not created.
+    std::fs::write(dir.path().join("tokens.db"), b"").unwrap();
+    let out = tollgate(&alone, &["check"]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("the table tollgate_tokens is missing"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::metadata(dir.path().join("tokens.db"))
+            .unwrap()
+            .len(),
+        0
+    );
+
+    let gw = Gw::start_unready(&config, "").await;
+    wait_ready(&gw, Duration::from_secs(10)).await;
+    assert!(
+        gw.path("tokens.db").exists(),
+        "serve did not create the database"
+    );
+    let out = tollgate(&gw.path("gateway.yaml"), &["check"]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn postgres_check_reports_a_missing_table_or_trigger_and_serve_creates_them() {
+    let Some(pg) = Pg::new().await else { return };
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gateway.yaml");
+    let yaml = postgres_config(up.addr, &pg.url, "30s");
+    std::fs::write(&config, &yaml).unwrap();
+    let check = || async {
+        let out = tollgate(&config, &["check"]).await;
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stderr) = check().await;
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            "the table tollgate_tokens is missing; `tollgate token create` or `tollgate serve` creates it"
+        ),
+        "{stderr}"
+    );
+    let count = |sql: &'static str| {
+        let admin = pg.admin.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(sql)
+                .fetch_one(&admin)
+                .await
+                .unwrap()
+        }
+    };
+    let tables = "SELECT count(*) FROM pg_tables WHERE tablename = 'tollgate_tokens' \
+                  AND schemaname = current_schema()";
+    assert_eq!(count(tables).await, 0, "check created the table");
+
+    // The table as the contract lists it, made by hand without the trigger.
+    pg.exec(
+        "CREATE TABLE tollgate_tokens (id text PRIMARY KEY, sha256 text UNIQUE NOT NULL, \
+         scopes text NOT NULL, read_only boolean NOT NULL DEFAULT false, \
+         expires_at timestamptz, allowed_ips text, rate_requests integer, \
+         rate_per_ms integer, rate_burst integer, \
+         disabled boolean NOT NULL DEFAULT false, description text, \
+         created_at timestamptz, updated_at timestamptz, last_used_at timestamptz)",
+    )
+    .await;
+    let (code, stderr) = check().await;
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("the trigger tollgate_tokens_notify is missing"),
+        "{stderr}"
+    );
+    let triggers = "SELECT count(*) FROM pg_trigger WHERE tgname = 'tollgate_tokens_notify' \
+                    AND tgrelid = to_regclass('tollgate_tokens')";
+    assert_eq!(count(triggers).await, 0, "check installed the trigger");
+
+    let gw = Gw::start_unready(&yaml, "").await;
+    wait_ready(&gw, Duration::from_secs(10)).await;
+    assert_eq!(
+        count(triggers).await,
+        1,
+        "serve did not install the trigger"
+    );
+    let (code, stderr) = check().await;
+    assert_eq!(code, Some(0), "{stderr}");
+}

@@ -101,13 +101,24 @@ impl Source {
     }
 
     /// Creates the database table (and on PostgreSQL the notify trigger)
-    /// when missing; run by `tollgate token …` and `tollgate check`. A no-op
+    /// when missing; run by `tollgate token …` and `tollgate serve` before its first load. A no-op
     /// for a file and for a custom query.
     pub async fn ensure_schema(&self) -> Result<(), SourceError> {
         match self {
             Source::File(_) => Ok(()),
             Source::Sqlite(s) => s.ensure_schema().await,
             Source::Postgres(s) => s.ensure_schema().await,
+        }
+    }
+
+    /// Whether the database table (and on PostgreSQL the notify trigger)
+    /// exist, writing nothing: what `tollgate check` reports. `Ok` for a
+    /// file and for a custom query, whose reads tell.
+    pub async fn verify_schema(&self) -> Result<(), SourceError> {
+        match self {
+            Source::File(_) => Ok(()),
+            Source::Sqlite(s) => s.verify_schema().await,
+            Source::Postgres(s) => s.verify_schema().await,
         }
     }
 

@@ -51,7 +51,34 @@ const CREATE_TRIGGER: &str = "CREATE TRIGGER tollgate_tokens_notify \
      AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON tollgate_tokens \
      FOR EACH STATEMENT EXECUTE FUNCTION tollgate_tokens_notify()";
 
+/// Whether the table and the trigger exist, in one query.
+const SCHEMA_STATE: &str = "SELECT to_regclass('tollgate_tokens') IS NOT NULL, EXISTS (SELECT 1 \
+     FROM pg_trigger WHERE tgrelid = to_regclass('tollgate_tokens') \
+     AND tgname = 'tollgate_tokens_notify')";
+
 impl PostgresSource {
+    /// Whether `tollgate_tokens` and its notify trigger exist, without any
+    /// DDL (`tollgate check`). Always `Ok` with a custom query.
+    pub async fn verify_schema(&self) -> Result<(), SourceError> {
+        if self.query.is_some() {
+            return Ok(());
+        }
+        let pool = self.pool().await?;
+        let (table, trigger): (bool, bool) = sqlx::query_as(SCHEMA_STATE)
+            .fetch_one(pool)
+            .await
+            .map_err(|e| self.db_error(e))?;
+        let missing = match (table, trigger) {
+            (true, true) => return Ok(()),
+            (false, _) => "the table tollgate_tokens is missing",
+            (true, false) => "the trigger tollgate_tokens_notify is missing (without it changes arrive only every refresh_interval)",
+        };
+        Err(SourceError::Invalid(format!(
+            "{}: {missing}; `tollgate token create` or `tollgate serve` creates it",
+            self.origin()
+        )))
+    }
+
     /// Creates `tollgate_tokens` and its notify trigger when missing. Safe
     /// to run from several gateways at once; does no DDL when both exist,
     /// so a role that may only read and write rows can run it. A no-op

@@ -6,7 +6,7 @@
 //! changes, `cells` decoding a result cell.
 //!
 //! Invariant: a plain load never creates the database file; only
-//! `ensure_schema` (the `token` commands, `check`) does, and never for a
+//! `ensure_schema` (the `token` commands, `serve`) does, and never for a
 //! custom query, whose database is only ever opened read-only.
 
 use std::path::PathBuf;
@@ -137,6 +137,39 @@ impl SqliteSource {
             .map_err(|e| self.db_error(e))?;
         conn.execute(SCHEMA).await.map_err(|e| self.db_error(e))?;
         conn.close().await.map_err(|e| self.db_error(e))
+    }
+
+    /// Whether the database file and `tollgate_tokens` exist, without
+    /// creating or writing anything (`tollgate check`). Always `Ok` with a
+    /// custom query (reading it tells).
+    pub async fn verify_schema(&self) -> Result<(), SourceError> {
+        if self.query.is_some() {
+            return Ok(());
+        }
+        let missing = |what: &str| {
+            SourceError::Invalid(format!(
+                "{}: {what}; `tollgate token create` or `tollgate serve` creates it",
+                self.origin()
+            ))
+        };
+        if tokio::fs::metadata(&self.path).await.is_err() {
+            return Err(missing("no such file"));
+        }
+        let options = self.options().read_only(true);
+        let mut conn = sqlx::SqliteConnection::connect_with(&options)
+            .await
+            .map_err(|e| self.db_error(e))?;
+        let tables: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'tollgate_tokens'",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .map_err(|e| self.db_error(e))?;
+        conn.close().await.map_err(|e| self.db_error(e))?;
+        if tables == 0 {
+            return Err(missing("the table tollgate_tokens is missing"));
+        }
+        Ok(())
     }
 
     /// Inserts a token; refuses a duplicate id or secret.
@@ -300,7 +333,7 @@ impl SqliteSource {
                     return SourceError::Unavailable(message);
                 }
                 if self.query.is_none() && db.message().contains("no such table") {
-                    message.push_str(" (`tollgate check` creates it)");
+                    message.push_str(" (`tollgate token create` or `tollgate serve` creates it)");
                 }
                 SourceError::Invalid(message)
             }

@@ -92,7 +92,7 @@ async fn a_missing_table_is_invalid_and_says_how_to_create_it() {
     raw(&path, "CREATE TABLE other (x INTEGER)").await;
     let err = SqliteSource::new(path, None).load().await.unwrap_err();
     assert!(
-        matches!(&err, SourceError::Invalid(m) if m.contains("tollgate check")),
+        matches!(&err, SourceError::Invalid(m) if m.contains("`tollgate token create` or `tollgate serve` creates it")),
         "{err:?}"
     );
 }
