@@ -13,12 +13,12 @@
 # schema is kept as the PostgreSQL template database tollgate_netbox_tpl_4_7_3
 # and each run gets a fresh copy, dropped at the end.
 # Prints PASS:/FAIL: lines, ends with "N passed, M failed", exits 1 on any
-# failure; killed after TOLLGATE_REAL_TIMEOUT seconds (default 1500: a cold
-# run installs and migrates, about 6 minutes on 2 cores; a cached run takes
-# about 1).
+# failure; killed after TOLLGATE_REAL_TIMEOUT seconds (default 900: a cold
+# run installs and migrates: 9 minutes on a busy 2-core machine; a cached
+# run takes about 1).
 set -uo pipefail
 if [ -z "${TOLLGATE_REAL_TIMED:-}" ]; then
-  TOLLGATE_REAL_TIMED=1 exec timeout -k 10 "${TOLLGATE_REAL_TIMEOUT:-1500}" bash "$0" "$@"
+  TOLLGATE_REAL_TIMED=1 exec timeout -k 10 "${TOLLGATE_REAL_TIMEOUT:-900}" bash "$0" "$@"
 fi
 root=$(cd "$(dirname "$0")/../.." && pwd)
 . "$root/tests/real/lib.sh"
