@@ -92,6 +92,10 @@ check("v2 write token: the site is updated through the gateway",
       lambda: admin.dcim.sites.get(slug=site_slug).update({"description": "via tollgate"})
       and direct.dcim.sites.get(slug=site_slug).description == "via tollgate")
 
+exp_early = time.time() - T["expiring"]["made"]
+check(f"the expiring token works before its expiry ({exp_early:.0f} s after it was made)",
+      lambda: exp_early < T["expiring"]["expires_s"] and gw_api("expiring").status()["netbox-version"].startswith("4.7"))
+
 # --- v1 token ----------------------------------------------------------------
 if "v1" in T:
     v1 = gw_api("v1")
@@ -169,17 +173,40 @@ if os.environ.get("NB_ACCESS_LOG"):
     check("...while an accepted one does", lambda: marker in open(os.environ["NB_ACCESS_LOG"]).read())
 
 
-# --- revocation and deactivation in NetBox reach the gateway ------------------
-def until_refused(token, limit_s):
-    """ms until the gateway answers 401 invalid_token for token (poll every 50 ms)."""
+# --- allowed_ips and expiry, as NetBox stores them --------------------------
+code, err = refused(lambda: gw_api("elsewhere").dcim.sites.count())
+check(f"a token whose allowed_ips exclude 127.0.0.1: {code} {err} from the gateway",
+      lambda: (code, err) == (403, "ip_not_allowed"))
+code, _ = refused(lambda: pynetbox.api(NB, token=T["elsewhere"]["token"]).dcim.sites.count())
+out("INFO", f"the same token straight to NetBox: {code}")
+
+
+# --- a token made in NetBox's REST API reaches the gateway ------------------
+def until_status(token, want, limit_s):
+    """ms until the gateway answers want for token (poll every 50 ms), or None."""
     t0 = time.monotonic()
     while time.monotonic() - t0 < limit_s:
         r = requests.get(f"{GW}/api/status/", headers={"Authorization": f"Bearer {token}"}, timeout=10)
-        if r.status_code == 401 and r.headers.get("content-type", "").startswith("application/json") \
-                and r.json().get("error") == "invalid_token":
+        if r.status_code == want and (want == 200 or r.json().get("error") == "invalid_token"):
             return int((time.monotonic() - t0) * 1000)
         time.sleep(0.05)
     return None
+
+
+me = direct.users.users.get(username="admin")
+made = direct.users.tokens.create(user=me.id, description="made over the REST API", write_enabled=False)
+new_token = f"nbt_{made.key}.{made.token}"
+ms = until_status(new_token, 200, REFRESH_S + 10)
+out("INFO", f"token made in NetBox (REST API): accepted by the gateway after {ms} ms")
+check(f"a token made with NetBox's REST API is accepted within refresh_interval + 2 s ({ms} ms)",
+      lambda: ms is not None and ms < (REFRESH_S + 2) * 1000)
+code, err = refused(lambda: pynetbox.api(GW, token=new_token).dcim.sites.create(name="x", slug="x-ro", status="active"))
+check(f"...and it is read-only at the gateway (write_enabled false): {code} {err}", lambda: (code, err) == (403, "read_only_token"))
+
+# --- revocation and deactivation in NetBox reach the gateway ------------------
+def until_refused(token, limit_s):
+    """ms until the gateway answers 401 invalid_token for token (poll every 50 ms)."""
+    return until_status(token, 401, limit_s)
 
 
 rv = gw_api("revoke")
@@ -204,5 +231,13 @@ tok.update({"enabled": False})
 ms = until_refused(T["reader"]["token"], REFRESH_S + 10)
 out("INFO", f"token disabled in NetBox: refused by the gateway after {ms} ms")
 check(f"a disabled token (enabled = false) is refused ({ms} ms)", lambda: ms is not None)
+
+# --- the expiring token: its expiry has passed ---------------------------------
+exp = T["expiring"]
+time.sleep(max(0.0, exp["made"] + exp["expires_s"] + 1 - time.time()))
+r = requests.get(f"{GW}/api/status/", headers={"Authorization": f"Bearer {exp['token']}"}, timeout=10)
+elapsed = time.time() - exp["made"]
+check(f"a token past its NetBox expiry ({elapsed:.0f} s after it was made, {exp['expires_s']} s allowed): {r.status_code} invalid_token",
+      lambda: elapsed > exp["expires_s"] and r.status_code == 401 and r.json().get("error") == "invalid_token")
 
 print("DONE", flush=True)

@@ -9,12 +9,16 @@ nothing secret.
 import json
 import os
 import sys
+import time
+from datetime import timedelta
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "netbox.settings")
 import django  # noqa: E402
 
 django.setup()
 
+from django.utils import timezone  # noqa: E402
+from netaddr import IPNetwork  # noqa: E402
 from users.models import Token, User  # noqa: E402
 
 
@@ -28,8 +32,8 @@ def user(name, superuser=True):
     return u
 
 
-def v2(u, description, write_enabled=True):
-    t = Token(user=u, description=description, write_enabled=write_enabled)
+def v2(u, description, write_enabled=True, **fields):
+    t = Token(user=u, description=description, write_enabled=write_enabled, **fields)
     t.full_clean()
     t.save()
     # What a client sends: the header prefix NetBox itself names, then the secret.
@@ -45,6 +49,7 @@ def v1(u, description):
     return {"id": t.pk, "token": t.token}
 
 
+EXPIRES_S = 40
 admin = user("admin")
 reader = user("reader")
 temp = user("contractor")
@@ -53,7 +58,12 @@ out = {
     "reader": v2(reader, "reporting", write_enabled=False),
     "revoke": v2(admin, "to be deleted"),
     "contractor": v2(temp, "contractor's script"),
+    # Expires while the checks run (NetBox refuses a past expiry).
+    "expiring": v2(admin, "expires soon", expires=timezone.now() + timedelta(seconds=EXPIRES_S)),
+    "elsewhere": v2(admin, "from the office only", allowed_ips=[IPNetwork("10.0.0.0/8"), IPNetwork("192.168.0.0/16")]),
 }
+out["expiring"]["made"] = time.time()
+out["expiring"]["expires_s"] = EXPIRES_S
 try:
     out["v1"] = v1(admin, "legacy v1")
 except Exception as e:  # a NetBox that no longer makes v1 tokens
