@@ -208,6 +208,54 @@ hdr2=$(curl -s -D - -o /dev/null "${auth[@]}" -H 'X-Request-Id: tollgate-probe-1
 info "X-Request-ID answered when the client sent tollgate-probe-1: $hdr2"
 phase surfaces
 
+# --- the web UI in headless Chromium (the browser layer of docs/apps/netbox.md)
+if command -v chromedriver >/dev/null 2>&1 && command -v chromium >/dev/null 2>&1; then
+  # NetBox serves no /static/ with DEBUG off: its collected files (cached by
+  # version) are served by a plain file server on 127.0.0.1.
+  if [ ! -e "$cache/static/.complete" ]; then
+    rm -rf "$cache/static"; mkdir -p "$cache/static"
+    ln -sfn "$cache/static" "$scratch/nb/static"
+    netbox collectstatic --no-input >"$scratch/collectstatic.log" 2>&1 && touch "$cache/static/.complete" ||
+      fail "netbox collectstatic"
+  fi
+  ln -sfn "$cache/static" "$scratch/nb/static"
+  st_port=$(free_port); ui_port=$(free_port); ui_adm_port=$(free_port)
+  "$py" -m http.server --bind 127.0.0.1 --directory "$cache/static" "$st_port" >"$scratch/static.log" 2>&1 &
+  pids+=($!)
+  # The shipped preset plus the browser routes and sessions, on other ports.
+  sed -e "s|\${TOLLGATE_LISTEN:-0.0.0.0:8080}|127.0.0.1:$ui_port|" -e "s|\${TOLLGATE_ADMIN:-127.0.0.1:9901}|127.0.0.1:$ui_adm_port|" \
+    "$root/config/examples/netbox.yaml" >"$scratch/gateway-ui.yaml"
+  cat >>"$scratch/gateway-ui.yaml" <<YAML
+  - prefix: /
+    upstream: \${NETBOX_UPSTREAM}
+    scopes: [scope:netbox]
+    browser: true
+  - prefix: /static
+    upstream: http://127.0.0.1:$st_port
+    strip_prefix: true
+    scopes: [scope:netbox]
+    anonymous: read
+
+sessions:
+  secret: \${TOLLGATE_SESSION_SECRET}
+  lifetime: 1h
+YAML
+  TOLLGATE_SESSION_SECRET=$(rnd 32) "$bin" serve -c "$scratch/gateway-ui.yaml" >"$scratch/access-ui.log" 2>"$scratch/gateway-ui.err" &
+  pids+=($!)
+  if wait_ok "http://127.0.0.1:$ui_adm_port/readyz" 30 && wait_http "http://127.0.0.1:$st_port/" 10; then
+    GW=http://127.0.0.1:$ui_port TOKEN=$tok_admin timeout 240 "$py" "$root/tests/real/netbox-browser.py" >"$scratch/browser.out" 2>&1
+    cat "$scratch/browser.out"
+    passed=$((passed + $(grep -c '^PASS: ' "$scratch/browser.out")))
+    failed=$((failed + $(grep -c '^FAIL: ' "$scratch/browser.out")))
+    grep -q '^DONE$' "$scratch/browser.out" || { fail "the browser checks did not run to the end"; tail -n 5 "$scratch/browser.out"; }
+  else
+    fail "the UI gateway did not start"; tail -n 5 "$scratch/gateway-ui.err"
+  fi
+  phase browser
+else
+  info "no chromium and chromedriver: the browser checks are skipped (apt-get install chromium chromium-driver)"
+fi
+
 check "the access log names tokens by id (nb-$id_admin), never the secret" \
   bash -c "grep -q '\"token_id\":\"nb-$id_admin\"' '$scratch/access.log' && ! grep -qF -- '${tok_admin#*.}' '$scratch/access.log'"
 check "the pepper is in no log" bash -c "! grep -rqF -- '$pepper' '$scratch/access.log' '$scratch/gateway.err' '$scratch/gunicorn.log'"
