@@ -9,6 +9,9 @@
 # 7 are flushed and used), curl, psql, redis-cli, and a Python >= 3.12
 # (python3.13, python3.12, a pyenv 3.12+, or python3 if new enough; else
 # one is installed with uv from PyPI, see find_python).
+# With chromium and chromedriver (Debian's chromium, chromium-driver), the
+# web UI is also driven in headless Chromium behind the gateway's login
+# page (docs/apps/netbox.md, Browsers); without them that part is skipped.
 # The venv is cached in $TOLLGATE_REAL_CACHE/netbox-4.7.3; the migrated
 # schema is kept as the PostgreSQL template database tollgate_netbox_tpl_4_7_3
 # and each run gets a fresh copy, dropped at the end.
