@@ -260,7 +260,7 @@ else
 fi
 
 check "the access log names tokens by id (nb-$id_admin), never the secret" \
-  bash -c "grep -q '\"token_id\":\"nb-$id_admin\"' '$scratch/access.log' && ! grep -qF -- '${tok_admin#*.}' '$scratch/access.log'"
-check "the pepper is in no log" bash -c "! grep -rqF -- '$pepper' '$scratch/access.log' '$scratch/gateway.err' '$scratch/gunicorn.log'"
+  bash -c "grep -q '\"token_id\":\"nb-$id_admin\"' '$scratch/access.log' && ! grep -qF -- '${tok_admin#*.}' '$scratch'/access*.log"
+check "the pepper is in no log" bash -c "! grep -qF -- '$pepper' '$scratch'/access*.log '$scratch'/gateway*.err '$scratch/gunicorn.log'"
 info "total run time: $(( $(date +%s) - run_started ))s"
 finish
