@@ -193,13 +193,33 @@ def until_status(token, want, limit_s):
     return None
 
 
+def tokens_loaded():
+    for line in requests.get(f"{os.environ['ADMIN']}/metrics", timeout=10).text.splitlines():
+        if line.startswith("tollgate_tokens_loaded "):
+            return float(line.split()[1])
+    return None
+
+
+# Polling the gateway with the new token until it passes would be answered
+# invalid_token until the next refresh, and every such answer counts against
+# limits.failed_auth_per_ip (20 a minute): polling every 50 ms locks the
+# client's address out within a second. So the test watches the gateway's
+# tollgate_tokens_loaded instead, then sends the token once.
 me = direct.users.users.get(username="admin")
+before = tokens_loaded()
+t0 = time.monotonic()
 made = direct.users.tokens.create(user=me.id, description="made over the REST API", write_enabled=False)
 new_token = f"nbt_{made.key}.{made.token}"
-ms = until_status(new_token, 200, REFRESH_S + 10)
-out("INFO", f"token made in NetBox (REST API): accepted by the gateway after {ms} ms")
-check(f"a token made with NetBox's REST API is accepted within refresh_interval + 2 s ({ms} ms)",
-      lambda: ms is not None and ms < (REFRESH_S + 2) * 1000)
+ms = None
+while time.monotonic() - t0 < REFRESH_S + 10:
+    if tokens_loaded() > before:
+        ms = int((time.monotonic() - t0) * 1000)
+        break
+    time.sleep(0.05)
+out("INFO", f"token made in NetBox (REST API): loaded by the gateway after {ms} ms")
+check(f"a token made with NetBox's REST API is loaded within refresh_interval + 2 s ({ms} ms) and then accepted",
+      lambda: ms is not None and ms < (REFRESH_S + 2) * 1000
+      and pynetbox.api(GW, token=new_token).status()["netbox-version"].startswith("4.7"))
 code, err = refused(lambda: pynetbox.api(GW, token=new_token).dcim.sites.create(name="x", slug="x-ro", status="active"))
 check(f"...and it is read-only at the gateway (write_enabled false): {code} {err}", lambda: (code, err) == (403, "read_only_token"))
 

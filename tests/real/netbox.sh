@@ -17,8 +17,8 @@
 # and each run gets a fresh copy, dropped at the end.
 # Prints PASS:/FAIL: lines, ends with "N passed, M failed", exits 1 on any
 # failure; killed after TOLLGATE_REAL_TIMEOUT seconds (default 900: a cold
-# run installs and migrates: 9 minutes on a busy 2-core machine; a cached
-# run takes about 1).
+# run installs and migrates: 10 minutes on a busy 2-core machine; a cached
+# run takes a little over 1).
 set -uo pipefail
 if [ -z "${TOLLGATE_REAL_TIMED:-}" ]; then
   TOLLGATE_REAL_TIMED=1 exec timeout -k 10 "${TOLLGATE_REAL_TIMEOUT:-900}" bash "$0" "$@"
@@ -41,7 +41,7 @@ psql -d postgres -qtAc 'select 1' >/dev/null 2>&1 || bail "no PostgreSQL at $PGH
 redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 || bail "no Redis at 127.0.0.1:6379"
 
 # A Python >= 3.12 (NetBox 4.7's minimum). Debian 12 ships 3.11, so on a
-# fresh CI machine none may exist: then uv (from PyPI, via pip --user)
+# fresh CI machine none may exist: then uv (from PyPI, pip --target)
 # installs a standalone CPython 3.12 under the cache. uv needs nothing but
 # pip and network access to PyPI and GitHub (python-build-standalone).
 cache_root="${TOLLGATE_REAL_CACHE:-$HOME/.cache/tollgate-real}"
@@ -176,7 +176,7 @@ wait_ok "http://127.0.0.1:$adm_port/readyz" 30 || bail "gateway did not become r
 phase gateway-start
 
 # --- pynetbox through the gateway ------------------------------------------
-GW=$gw NB=$nb TOKENS=$scratch/tokens.json NB_ACCESS_LOG=$scratch/nb/gunicorn-access.log \
+GW=$gw NB=$nb ADMIN=http://127.0.0.1:$adm_port TOKENS=$scratch/tokens.json NB_ACCESS_LOG=$scratch/nb/gunicorn-access.log \
   "$py" "$root/tests/real/netbox-client.py" >"$scratch/client.out" 2>&1
 cat "$scratch/client.out"
 passed=$((passed + $(grep -c '^PASS: ' "$scratch/client.out")))
