@@ -36,6 +36,10 @@ pub enum Reject {
     UriTooLong,
     /// The request body's framing is malformed (bad chunked encoding).
     BadRequest,
+    /// The request head is not HTTP/1.1 (hyper could not parse it).
+    MalformedHead,
+    /// The request head is larger than `limits.max_header_bytes`.
+    HeadersTooLarge,
     /// The client went away before its answer (logged as 499, never
     /// answered: there is no one to answer).
     ClientClosed,
@@ -134,6 +138,12 @@ impl Reject {
                 "The request body is larger than this route allows."
             ),
             BadRequest => &answer!(400, "bad_request", "The request body is malformed."),
+            MalformedHead => &answer!(400, "bad_request", "The request is not valid HTTP."),
+            HeadersTooLarge => &answer!(
+                431,
+                "headers_too_large",
+                "The request headers are larger than this gateway accepts."
+            ),
             ClientClosed => &answer!(
                 499,
                 "client_closed",
@@ -205,6 +215,8 @@ impl Reject {
             | Reject::BodyTooLarge
             | Reject::UriTooLong
             | Reject::BadRequest
+            | Reject::MalformedHead
+            | Reject::HeadersTooLarge
             | Reject::ClientClosed
             | Reject::NotReady
             | Reject::BadGateway
@@ -213,6 +225,39 @@ impl Reject {
         resp
     }
 }
+
+/// The whole HTTP/1.1 answer for `reject`, closing the connection, for a
+/// request that never became a `Request` (a head hyper could not parse).
+/// Only for refusals without headers of their own.
+pub fn http1_bytes(reject: &Reject, request_id: &HeaderValue) -> Bytes {
+    let answer = reject.answer();
+    let reason = StatusCode::from_u16(answer.status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("");
+    let date = time::OffsetDateTime::now_utc()
+        .format(HTTP_DATE)
+        .unwrap_or_default();
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(
+        format!(
+            "HTTP/1.1 {} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+             x-request-id: ",
+            answer.status,
+            answer.body.len(),
+        )
+        .as_bytes(),
+    );
+    out.extend_from_slice(request_id.as_bytes());
+    out.extend_from_slice(format!("\r\nconnection: close\r\ndate: {date}\r\n\r\n").as_bytes());
+    out.extend_from_slice(answer.body.as_bytes());
+    out.into()
+}
+
+/// `Date`'s format (RFC 9110's IMF-fixdate).
+const HTTP_DATE: &[time::format_description::FormatItem<'static>] = time::macros::format_description!(
+    "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
+);
 
 /// The `WWW-Authenticate` values that depend on `auth.realm`.
 #[derive(Debug, Clone)]

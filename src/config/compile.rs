@@ -739,6 +739,11 @@ impl Compiler<'_> {
                 browser: self
                     .report
                     .bool(&format!("{p}.browser"), spec.browser, false),
+                send_keep_alive: self.report.bool(
+                    &format!("{p}.send_keep_alive"),
+                    spec.send_keep_alive,
+                    false,
+                ),
             });
         }
         out

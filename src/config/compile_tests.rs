@@ -299,7 +299,7 @@ fn unknown_keys_name_the_path_line_and_allowed_keys() {
         e,
         [
             "g.yaml:9: routes[0].scope: unknown key; allowed keys: prefix, upstream, scopes, \
-          anonymous, strip_prefix, upstream_response_timeout, max_body_bytes, upstream_ca, read_methods, remove_request_headers, browser"
+          anonymous, strip_prefix, upstream_response_timeout, max_body_bytes, upstream_ca, read_methods, remove_request_headers, browser, send_keep_alive"
         ]
     );
     let e = errors(&format!(

@@ -211,6 +211,9 @@ pub struct RouteSettings {
     pub remove_request_headers: Vec<HeaderName>,
     /// `browser`: a session cookie is a credential here.
     pub browser: bool,
+    /// `send_keep_alive`: requests to the upstream say
+    /// `Connection: keep-alive`.
+    pub send_keep_alive: bool,
 }
 
 /// Reads, expands, parses and validates the config at `path`.

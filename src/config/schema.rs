@@ -227,4 +227,6 @@ pub(crate) struct RouteSpec {
     pub remove_request_headers: Option<Vec<String>>,
     #[serde(default)]
     pub browser: Option<bool>,
+    #[serde(default)]
+    pub send_keep_alive: Option<bool>,
 }

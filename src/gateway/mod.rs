@@ -26,9 +26,10 @@ pub use respond::{Body, Finish};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
-use http::{HeaderValue, Request, Response, Uri};
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, Uri};
 use hyper::body::Incoming;
 
 use crate::accesslog::{AccessLog, Record};
@@ -36,7 +37,7 @@ use crate::clientip::{self, ClientAddr};
 use crate::policy::{Current, Policy, Retained, Route};
 use crate::proxy::{self, headers};
 use crate::ratelimit::{Allowed, Limited};
-use crate::reject::Reject;
+use crate::reject::{self, Reject};
 use crate::tokens::{TokenEntry, TokenUsage};
 
 use self::respond::LogOnce;
@@ -304,6 +305,41 @@ impl Gateway {
         }
         resp.body_mut().on_end(Finish { lease, log, guard });
         resp
+    }
+
+    /// The answer to a request head hyper could not parse (`status`:
+    /// hyper's 400, 414 or 431), whole, counted and logged like every
+    /// refusal. The head itself never reaches the log: it may carry a key
+    /// (Netdata's streaming handshake is `STREAM key=… HTTP/1.1`), so the
+    /// line's method and path are `-`.
+    pub fn unparsable(&self, conn: &Conn, status: u16) -> Option<Bytes> {
+        let reject = match status {
+            400 => Reject::MalformedHead,
+            414 => Reject::UriTooLong,
+            431 => Reject::HeadersTooLarge,
+            _ => return None,
+        };
+        let request_id = self.request_ids.next();
+        let metrics = &self.retained.metrics;
+        metrics.denied(reject.code());
+        metrics.no_route.count(status);
+        if self.current.load().policy.log_access {
+            self.access_log.submit(Record {
+                ts: SystemTime::now(),
+                request_id: request_id.clone(),
+                client_ip: conn.peer_value.clone(),
+                method: Method::from_bytes(b"-").expect("`-` is a token"),
+                path: "-".into(),
+                route: None,
+                token_id: None,
+                status,
+                error: Some(reject.code()),
+                upstream_request_id: None,
+                duration: Duration::ZERO,
+                bytes_out: 0,
+            });
+        }
+        Some(reject::http1_bytes(&reject, &request_id))
     }
 
     /// Step 8 with `limits.backend: redis`: the token's limit in Redis, or

@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 
-use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::{HeaderValue, Request};
 use hyper::body::Incoming;
 
@@ -20,6 +20,7 @@ use crate::proxy::body::{Progress, RequestBody};
 use crate::proxy::headers::{self, Forwarding, Hygiene};
 
 static CHUNKED: HeaderValue = HeaderValue::from_static("chunked");
+static KEEP_ALIVE: HeaderValue = HeaderValue::from_static("keep-alive");
 
 /// The request to send upstream for an admitted `req`, and — when its body
 /// streams — where the body's progress is noted.
@@ -54,6 +55,12 @@ pub fn upstream_request(
     }
     // The upstream's own Host; `hyper_util`'s client keeps a Host it finds.
     parts.headers.insert(HOST, route.upstream.host.clone());
+    // The gateway's own hop-by-hop header, for servers that close an
+    // HTTP/1.1 connection after each answer unless asked (Netdata 1.x);
+    // an upgrade keeps its `Connection: upgrade`.
+    if route.send_keep_alive && !ex.websocket {
+        parts.headers.insert(CONNECTION, KEEP_ALIVE.clone());
+    }
     // The client's framing is gone with Transfer-Encoding. A body of
     // unknown length goes upstream chunked: hyper's client would otherwise
     // send a GET or HEAD without one, silently dropping it.

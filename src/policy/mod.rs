@@ -42,6 +42,8 @@ pub struct Route {
     /// Headers never forwarded: `forwarding.remove_request_headers`, then
     /// the route's own; `None` when there are none.
     pub remove_headers: Option<Arc<[HeaderName]>>,
+    /// `send_keep_alive`: ask the upstream to keep the connection open.
+    pub send_keep_alive: bool,
     pub upstream: Upstream,
     pub metrics: Arc<RouteMetrics>,
 }
@@ -129,6 +131,7 @@ impl Policy {
                     names.extend(r.remove_request_headers.iter().cloned());
                     (!names.is_empty()).then(|| names.into())
                 },
+                send_keep_alive: r.send_keep_alive,
                 upstream,
                 metrics: retained.metrics.route(&r.prefix),
             };

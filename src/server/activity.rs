@@ -25,6 +25,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
@@ -156,19 +157,79 @@ impl Drop for InFlight {
 }
 
 /// An HTTP/1 connection's transport, telling its [`Activity`] when bytes
-/// arrive.
-pub struct Watched<I> {
+/// arrive, and putting the gateway's own answer in place of hyper's bare
+/// one when a request head cannot be parsed.
+///
+/// hyper answers an unparsable head (a request line that is not HTTP, a
+/// target that is not a URI, headers over the buffer limit) itself, with
+/// an empty 400, 414 or 431, and closes; the service never sees it. Such a
+/// write is recognised by what only it can be: it comes while a head is
+/// being read and no request is in flight, it has the shape hyper gives it
+/// (status line, `content-length: 0`, nothing after the head), and it
+/// lacks the `x-request-id` every answer of the gateway carries. `U` then
+/// supplies the whole answer to write instead, which also counts and logs
+/// it. The check costs a prefix comparison per write.
+pub struct Watched<I, U> {
     io: I,
     activity: Arc<Activity>,
+    unparsable: U,
+    /// The replacement answer and how much of it is written.
+    replacing: Option<(Bytes, usize)>,
 }
 
-impl<I> Watched<I> {
-    pub fn new(io: I, activity: Arc<Activity>) -> Self {
-        Watched { io, activity }
+/// The gateway's answer to a head hyper could not parse: the whole
+/// HTTP/1.1 response for hyper's `status` (400, 414 or 431), or `None` to
+/// let hyper's own stand.
+pub trait Unparsable {
+    fn answer(&self, status: u16) -> Option<Bytes>;
+}
+
+impl Unparsable for () {
+    fn answer(&self, _: u16) -> Option<Bytes> {
+        None
     }
 }
 
-impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
+impl<I, U> Watched<I, U> {
+    pub fn new(io: I, activity: Arc<Activity>, unparsable: U) -> Self {
+        Watched {
+            io,
+            activity,
+            unparsable,
+            replacing: None,
+        }
+    }
+}
+
+impl Activity {
+    /// A head is being read and no request has begun since.
+    fn reading_head(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) == 0
+            && self.deadline.load(Ordering::Acquire) & HEAD == HEAD
+    }
+}
+
+/// hyper's status for an unparsable head, if `buf` is hyper's answer to one.
+fn hypers_refusal(buf: &[u8]) -> Option<u16> {
+    const PREFIX: &[u8] = b"HTTP/1.1 4";
+    if buf.len() > 256 || !buf.starts_with(PREFIX) || !buf.ends_with(b"\r\n\r\n") {
+        return None;
+    }
+    let status = match &buf[9..12] {
+        b"400" => 400,
+        b"414" => 414,
+        b"431" => 431,
+        _ => return None,
+    };
+    let head = &buf[12..];
+    let has = |needle: &[u8]| {
+        head.windows(needle.len())
+            .any(|w| w.eq_ignore_ascii_case(needle))
+    };
+    (has(b"\r\ncontent-length: 0\r\n") && !has(b"\r\nx-request-id:")).then_some(status)
+}
+
+impl<I: AsyncRead + Unpin, U: Unpin> AsyncRead for Watched<I, U> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -183,32 +244,75 @@ impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
     }
 }
 
-impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
+impl<I: AsyncWrite + Unpin, U: Unparsable + Unpin> Watched<I, U> {
+    /// Writes what is left of a replacement answer.
+    fn poll_replacing(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while let Some((bytes, written)) = &mut self.replacing {
+            if *written == bytes.len() {
+                self.replacing = None;
+                break;
+            }
+            match Pin::new(&mut self.io).poll_write(cx, &bytes[*written..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => *written += n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<I: AsyncWrite + Unpin, U: Unparsable + Unpin> AsyncWrite for Watched<I, U> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        let this = &mut *self;
+        if this.replacing.is_some() {
+            std::task::ready!(this.poll_replacing(cx))?;
+        } else if let Some(status) = hypers_refusal(buf) {
+            if this.activity.reading_head() {
+                if let Some(answer) = this.unparsable.answer(status) {
+                    // hyper's bytes are taken whole; ours go out instead,
+                    // finished by later writes, flushes or the shutdown.
+                    this.replacing = Some((answer, 0));
+                    if let Poll::Ready(Err(e)) = this.poll_replacing(cx) {
+                        return Poll::Ready(Err(e));
+                    }
+                    return Poll::Ready(Ok(buf.len()));
+                }
+            }
+        }
+        Pin::new(&mut this.io).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        // Never used by the gateway's connections (`writev(false)`); a
+        // vectored write goes through `poll_write` one slice at a time.
+        let buf = bufs
+            .iter()
+            .find(|b| !b.is_empty())
+            .map_or(&[][..], |b| &**b);
+        self.poll_write(cx, buf)
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
+        false
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        std::task::ready!(self.poll_replacing(cx))?;
         Pin::new(&mut self.io).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        std::task::ready!(self.poll_replacing(cx))?;
         Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
@@ -261,6 +365,35 @@ mod tests {
     const SECOND: Duration = Duration::from_secs(1);
 
     const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn only_hypers_own_bare_refusal_is_recognised() {
+        let hyper = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\
+                      date: Fri, 04 Dec 2026 03:09:43 GMT\r\n\r\n";
+        assert_eq!(hypers_refusal(hyper), Some(400));
+        let large = b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\n\r\n";
+        assert_eq!(hypers_refusal(large), Some(431));
+        // Every answer of the gateway carries X-Request-Id.
+        let ours = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nx-request-id: a\r\n\r\n";
+        assert_eq!(hypers_refusal(ours), None);
+        let with_body = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 2\r\n\r\n{}";
+        assert_eq!(hypers_refusal(with_body), None);
+        let other = b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\n\r\n";
+        assert_eq!(hypers_refusal(other), None);
+        assert_eq!(hypers_refusal(b"HTTP/1.1 4"), None);
+    }
+
+    #[test]
+    fn a_head_is_being_read_until_a_request_begins_and_again_after_an_idle_wait() {
+        let activity = Activity::new(SECOND, 60 * SECOND, Start::Head);
+        assert!(activity.reading_head());
+        let request = activity.begin();
+        assert!(!activity.reading_head());
+        drop(request);
+        assert!(!activity.reading_head(), "idle");
+        activity.read_some();
+        assert!(activity.reading_head());
+    }
 
     #[tokio::test]
     async fn a_first_head_must_arrive_within_header_read() {

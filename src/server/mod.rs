@@ -40,7 +40,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use self::accept::{Backoff, Slots};
-use self::activity::{Activity, Start, Watched};
+use self::activity::{Activity, Start, Unparsable, Watched};
 use crate::gateway::{Conn, Gateway};
 
 /// Binds a TCP listener with `SO_REUSEADDR` (so a restart does not wait for
@@ -282,6 +282,10 @@ async fn run_http<I>(
     let start = if h2 { Start::Idle } else { Start::Head };
     let activity = Activity::new(limits.header_read, limits.idle, start);
     let requests = activity.clone();
+    let unparsable = Refuser {
+        gateway: gateway.clone(),
+        conn: conn.clone(),
+    };
     let service = service_fn(move |req| {
         let gateway = gateway.clone();
         let conn = conn.clone();
@@ -310,13 +314,25 @@ async fn run_http<I>(
             // less CPU per request for small and 1 MiB responses alike
             // (README, Performance).
             .writev(false);
-        let io = TokioIo::new(Watched::new(io, activity.clone()));
+        let io = TokioIo::new(Watched::new(io, activity.clone(), unparsable));
         let connection = builder.serve_connection(io, service).with_upgrades();
         // No graceful_shutdown on a drain: hyper would drop a request
         // whose head is half read. The gateway answers every request that
         // arrives while draining with 503 and `Connection: close`, and an
         // idle keep-alive connection closes at its header-read timeout.
         activity::serve_watched(connection, &activity, stop, None).await;
+    }
+}
+
+/// Answers, for an HTTP/1 connection, the heads hyper cannot parse.
+struct Refuser {
+    gateway: Arc<Gateway>,
+    conn: Conn,
+}
+
+impl Unparsable for Refuser {
+    fn answer(&self, status: u16) -> Option<bytes::Bytes> {
+        self.gateway.unparsable(&self.conn, status)
     }
 }
 

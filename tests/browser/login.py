@@ -85,6 +85,10 @@ def wait_port(port, what, timeout=20):
     sys.exit(f"{what} did not listen on {port}")
 
 
+class WebDriverError(Exception):
+    """A WebDriver command that failed, e.g. an element not (yet) on the page."""
+
+
 class WebDriver:
     """Just enough of the W3C WebDriver protocol."""
 
@@ -121,7 +125,7 @@ class WebDriver:
             with urllib.request.urlopen(req, timeout=60) as r:
                 return json.load(r).get("value")
         except urllib.error.HTTPError as e:
-            sys.exit(f"WebDriver {method} {path}: {e.code} {e.read().decode()[:500]}")
+            raise WebDriverError(f"WebDriver {method} {path}: {e.code} {e.read().decode()[:500]}") from None
 
     def s(self, method, path, body=None):
         return self.call(method, f"/session/{self.session}{path}", body)
@@ -165,13 +169,19 @@ class WebDriver:
 
 
 def until(what, check, timeout=15):
+    """Polls `check` until it is truthy. While the browser is still between
+    pages, the element asked for may not exist yet: that is retried too."""
     deadline = time.time() + timeout
+    last = None
     while time.time() < deadline:
-        value = check()
+        try:
+            value = check()
+        except WebDriverError as e:
+            value, last = None, e
         if value:
             return value
         time.sleep(0.1)
-    sys.exit(f"timed out waiting for {what}")
+    sys.exit(f"timed out waiting for {what}" + (f" (last: {last})" if last else ""))
 
 
 def main():

@@ -77,3 +77,61 @@ async fn a_forwarded_answer_is_logged_with_a_null_error_and_a_refusal_with_its_c
     assert!(lines[0]["error"].is_null(), "{}", lines[0]);
     assert_eq!(lines[1]["error"], "missing_token", "{}", lines[1]);
 }
+
+#[tokio::test]
+async fn a_head_that_is_not_http_gets_the_json_400_a_log_line_without_the_head_and_a_count() {
+    let (up, gw) = standard().await;
+    // hyper cannot parse these heads; it never hands them to the gateway's
+    // service. The last carries a key, as Netdata's streaming handshake
+    // does, in a target that is not a URI.
+    let heads: [&[u8]; 3] = [
+        b"\x16\x03\x01\x02\x00 not http\r\n\r\n",
+        b"GET /api/v1/info HTTP/9.9\r\nHost: t\r\n\r\n",
+        b"STREAM key=0f5f6d2c-secret-key|hostname=x HTTP/1.1\r\nHost: t\r\n\r\n",
+    ];
+    for head in heads {
+        let r = raw(gw.addr(), head).await;
+        assert_refusal(&r, 400, "bad_request");
+        assert_eq!(r.header("connection"), Some("close"), "{}", r.head);
+        assert!(r.header("date").is_some(), "{}", r.head);
+    }
+    let lines = gw.access.lines(3).await;
+    for line in &lines {
+        assert_eq!(line["status"], 400, "{line}");
+        assert_eq!(line["error"], "bad_request", "{line}");
+        assert_eq!(line["method"], "-", "{line}");
+        assert_eq!(line["path"], "-", "{line}");
+        assert!(line["request_id"].as_str().is_some_and(|id| !id.is_empty()));
+    }
+    assert!(!gw.access.text().contains("secret-key"));
+    let metrics = metrics_text(&gw).await;
+    assert!(
+        metrics.contains("tollgate_auth_denied_total{reason=\"bad_request\"} 3"),
+        "{metrics}"
+    );
+    assert!(up.seen().is_empty());
+}
+
+#[tokio::test]
+async fn after_answered_requests_a_bad_head_on_the_same_connection_gets_the_json_400() {
+    let (up, gw) = standard().await;
+    let mut stream = TcpStream::connect(gw.addr()).await.unwrap();
+    let good = format!(
+        "GET /api/v1/info HTTP/1.1\r\nHost: t\r\n{}\r\n\r\n",
+        bearer(AGENT)
+    );
+    for _ in 0..2 {
+        stream.write_all(good.as_bytes()).await.unwrap();
+        let r = read_response(&mut stream).await;
+        assert_eq!(r.status, 200, "{}", r.head);
+    }
+    // The connection has been through requests and idle waits; a head
+    // hyper rejects now is still told apart from the answers before it.
+    stream
+        .write_all(b"GET /api/v1/info HTTP/1.1\r\nHost: t\r\nBad Header\r\n\r\n")
+        .await
+        .unwrap();
+    let r = read_response(&mut stream).await;
+    assert_refusal(&r, 400, "bad_request");
+    assert_eq!(up.seen().len(), 2);
+}

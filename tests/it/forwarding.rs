@@ -303,3 +303,99 @@ async fn an_upload_that_keeps_moving_may_outlast_the_response_timeout() {
     assert!(started.elapsed() >= std::time::Duration::from_millis(900));
     assert_eq!(up.only().body.len(), 100);
 }
+
+/// An upstream like Netdata 1.x: it keeps an HTTP/1.1 connection open only
+/// when the request says `Connection: keep-alive`. Counts connections and
+/// keeps every request head, lowercased.
+struct CloseByDefault {
+    addr: std::net::SocketAddr,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    heads: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl CloseByDefault {
+    async fn start() -> Self {
+        use std::sync::atomic::Ordering;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let up = CloseByDefault {
+            addr: listener.local_addr().unwrap(),
+            accepted: Default::default(),
+            heads: Default::default(),
+        };
+        let (counter, seen) = (up.accepted.clone(), up.heads.clone());
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let mut pending = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    loop {
+                        let end = loop {
+                            if let Some(i) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                                break i + 4;
+                            }
+                            match stream.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => pending.extend_from_slice(&buf[..n]),
+                            }
+                        };
+                        let head = String::from_utf8_lossy(&pending[..end]).to_ascii_lowercase();
+                        pending.drain(..end);
+                        let keep = head.contains("\r\nconnection: keep-alive\r\n");
+                        seen.lock().unwrap().push(head);
+                        let answer: &[u8] = if keep {
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+                        } else {
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
+                        };
+                        if stream.write_all(answer).await.is_err() || !keep {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        up
+    }
+
+    fn connections(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[tokio::test]
+async fn send_keep_alive_keeps_a_close_by_default_upstream_on_one_connection() {
+    let kept = CloseByDefault::start().await;
+    let plain = CloseByDefault::start().await;
+    let extra = format!(
+        "  - prefix: /kept\n    upstream: http://{}\n    scopes: [\"*\"]\n    send_keep_alive: true\n",
+        kept.addr
+    );
+    let gw = Gw::start(&gateway_yaml(plain.addr, &extra), &tokens_yaml()).await;
+    for _ in 0..5 {
+        // The client's own `Connection` never decides it.
+        let r = get(gw.addr(), "/kept/x", &[&bearer(AGENT), "Connection: close"]).await;
+        assert_eq!((r.status, &r.body[..]), (200, &b"ok"[..]), "{}", r.head);
+        let r = get(gw.addr(), "/api/v1/x", &[&bearer(AGENT)]).await;
+        assert_eq!(r.status, 200, "{}", r.head);
+    }
+    assert_eq!(
+        kept.connections(),
+        1,
+        "asked to keep it: one upstream connection"
+    );
+    assert_eq!(
+        plain.connections(),
+        5,
+        "not asked: a connection per request"
+    );
+    for head in kept.heads.lock().unwrap().iter() {
+        assert_eq!(head.matches("\r\nconnection:").count(), 1, "{head}");
+        assert!(head.contains("\r\nconnection: keep-alive\r\n"), "{head}");
+    }
+    for head in plain.heads.lock().unwrap().iter() {
+        assert!(!head.contains("\r\nconnection:"), "{head}");
+    }
+}
