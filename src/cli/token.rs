@@ -16,7 +16,7 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use crate::config::{parse_duration, Rate, Settings};
-use crate::tokens::source::sql;
+use crate::tokens::source::{sql, Change};
 use crate::tokens::{secret, Scope, Source, TokenHash, TokenId, TokenRecord};
 
 /// The `token` subcommands.
@@ -43,6 +43,27 @@ pub enum TokenCommand {
         /// The token's id
         #[arg(value_parser = parse_id)]
         id: TokenId,
+    },
+    /// Enable a disabled token again
+    Enable {
+        /// The token's id
+        #[arg(value_parser = parse_id)]
+        id: TokenId,
+    },
+    /// Delete a token for good (revoke keeps it, disabled, for the record)
+    Delete {
+        /// The token's id
+        #[arg(value_parser = parse_id)]
+        id: TokenId,
+    },
+    /// Give a token a new secret, printed once on stdout; scopes and limits stay
+    Rotate {
+        /// The token's id
+        #[arg(value_parser = parse_id)]
+        id: TokenId,
+        /// Keep the old secret valid this long (e.g. 1h, 7d), as token ID.previous
+        #[arg(long, value_name = "DURATION", value_parser = parse_overlap)]
+        overlap: Option<Duration>,
     },
     /// Read a secret on stdin and print its lowercase hex SHA-256
     Hash,
@@ -207,6 +228,40 @@ async fn execute(cmd: TokenCommand, source: &Source, io: &mut Io<'_>) -> anyhow:
             source.ensure_schema().await?;
             source.revoke(&id).await?;
             writeln!(io.err, "revoked token {id:?}")?;
+        }
+        TokenCommand::Enable { id } => {
+            source.ensure_schema().await?;
+            source.change(&id, &Change::Disabled(false)).await?;
+            writeln!(io.err, "enabled token {id:?}")?;
+        }
+        TokenCommand::Delete { id } => {
+            source.ensure_schema().await?;
+            source.change(&id, &Change::Delete).await?;
+            writeln!(io.err, "deleted token {id:?}")?;
+        }
+        TokenCommand::Rotate { id, overlap } => {
+            let secret = secret::generate();
+            let previous_until = overlap.filter(|d| !d.is_zero()).map(|d| sql::now() + d);
+            source.ensure_schema().await?;
+            let change = Change::Rotate {
+                hash: TokenHash::of(secret.as_bytes()),
+                previous_until,
+            };
+            source.change(&id, &change).await?;
+            writeln!(io.out, "{secret}")?;
+            io.out.flush()?;
+            write!(
+                io.err,
+                "rotated token {id:?}; the new secret above is shown only this once; "
+            )?;
+            match previous_until {
+                Some(until) => writeln!(
+                    io.err,
+                    "the old one works until {} as token \"{id}.previous\"",
+                    sql::format_time(until)
+                )?,
+                None => writeln!(io.err, "the old one no longer works")?,
+            }
         }
     }
     Ok(())
@@ -388,6 +443,11 @@ fn parse_expiry(s: &str) -> Result<Expiry, String> {
             "{s:?} is neither a duration (30d, 12h) nor an RFC 3339 time"
         )),
     }
+}
+
+/// `--overlap`: a duration (`0s`: none).
+fn parse_overlap(s: &str) -> Result<Duration, String> {
+    parse_duration(s).map_err(|_| format!("{s:?} is not a duration like 1h or 7d"))
 }
 
 /// `N/DURATION`: N requests per DURATION, burst N.

@@ -341,6 +341,106 @@ async fn postgres_a_token_created_by_the_cli_works_and_its_revocation_arrives_wi
     eprintln!("postgres revocation reached the gateway in {delay:?}");
 }
 
+/// `tollgate token ARGS…` that must succeed; its stdout and stderr.
+async fn token(config: &Path, args: &[&str]) -> (String, String) {
+    let mut all = vec!["token"];
+    all.extend_from_slice(args);
+    let out = tollgate(config, &all).await;
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "token {args:?}: {stderr}");
+    (
+        String::from_utf8(out.stdout).unwrap().trim().to_string(),
+        stderr,
+    )
+}
+
+/// Rotate with an overlap, rotate without, disable and enable, delete —
+/// each through the CLI against a running gateway, checked at its door
+/// and by what the upstream received.
+async fn rotate_enable_delete(gw: &Gw, up: &Upstream) {
+    let config = gw.path("gateway.yaml");
+    let old = create(&config, "rot").await;
+    let accepted = |secret: String| async move { status(gw, &secret).await == 200 };
+    let refused = |secret: String| async move { status(gw, &secret).await == 401 };
+    within(Duration::from_secs(5), "created", || accepted(old.clone())).await;
+
+    let (new, said) = token(&config, &["rotate", "rot", "--overlap", "1h"]).await;
+    assert!(new.starts_with("tg_") && new != old);
+    assert!(said.contains("\"rot.previous\""), "{said}");
+    assert!(!said.contains(&new) && !said.contains(&old), "{said}");
+    within(Duration::from_secs(5), "new secret", || {
+        accepted(new.clone())
+    })
+    .await;
+    assert_eq!(
+        up.seen().last().unwrap().header("x-tollgate-token-id"),
+        Some("rot")
+    );
+    assert_eq!(
+        status(gw, &old).await,
+        200,
+        "the old one, within the overlap"
+    );
+    assert_eq!(
+        up.seen().last().unwrap().header("x-tollgate-token-id"),
+        Some("rot.previous")
+    );
+    let listed = list(&config).await;
+    assert_eq!(listed["rot.previous"]["scopes"], listed["rot"]["scopes"]);
+
+    let (newest, said) = token(&config, &["rotate", "rot"]).await;
+    assert!(said.contains("the old one no longer works"), "{said}");
+    within(Duration::from_secs(5), "rotated without overlap", || {
+        refused(new.clone())
+    })
+    .await;
+    assert_eq!(status(gw, &newest).await, 200);
+
+    revoke(&config, "rot").await;
+    within(Duration::from_secs(5), "revoked", || {
+        refused(newest.clone())
+    })
+    .await;
+    token(&config, &["enable", "rot"]).await;
+    within(Duration::from_secs(5), "enabled", || {
+        accepted(newest.clone())
+    })
+    .await;
+
+    token(&config, &["delete", "rot"]).await;
+    token(&config, &["delete", "rot.previous"]).await;
+    within(Duration::from_secs(5), "deleted", || {
+        refused(newest.clone())
+    })
+    .await;
+    within(Duration::from_secs(5), "previous deleted", || {
+        refused(old.clone())
+    })
+    .await;
+    let listed = list(&config).await;
+    assert!(!listed.contains_key("rot") && !listed.contains_key("rot.previous"));
+    let out = tollgate(&config, &["token", "delete", "rot"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no token with id \"rot\""));
+}
+
+#[tokio::test]
+async fn postgres_rotate_enable_and_delete_reach_a_running_gateway() {
+    let Some(pg) = Pg::new().await else { return };
+    let up = Upstream::start().await;
+    let gw = Gw::start_unready(&postgres_config(up.addr, &pg.url, "30s"), "").await;
+    token(&gw.path("gateway.yaml"), &["list"]).await;
+    wait_ready(&gw, Duration::from_secs(10)).await;
+    rotate_enable_delete(&gw, &up).await;
+}
+
+#[tokio::test]
+async fn file_rotate_enable_and_delete_reach_a_running_gateway() {
+    let up = Upstream::start().await;
+    let gw = Gw::start(&gateway_yaml(up.addr, ""), "tokens: []\n").await;
+    rotate_enable_delete(&gw, &up).await;
+}
+
 #[tokio::test]
 async fn sqlite_a_token_created_by_the_cli_works_and_its_revocation_arrives_within_the_refresh_interval(
 ) {

@@ -171,15 +171,16 @@ check "netdata.conf: operator token 200" test "$(status GET "$gw/netdata.conf" -
 # keep-alive`); the preset's `send_keep_alive: true` asks. Netdata's access
 # log has one CONNECTED line per connection and one DATA line per request,
 # both with the client's port; count the ports that served /api/v1/info
-# (Prometheus scrapes meanwhile, on other paths).
-ports_since() { tail -n +"$(($1 + 1))" "$scratch/nd/log/access.log" | grep "'DATA'.*'/api/v1/info'" | grep -o "\]:[0-9]*'" | sort -u | wc -l; }
+# (Prometheus scrapes meanwhile, on other paths). On a reused connection
+# Netdata logs the path with a `?` it did not receive.
+ports_since() { tail -n +"$(($1 + 1))" "$scratch/nd/log/access.log" | grep "'DATA'.*'/api/v1/info?\\?'" | grep -o "\]:[0-9]*'" | sort -u | wc -l; }
 loglen() { wc -l <"$scratch/nd/log/access.log"; }
 sleep 1; mark=$(loglen)
 urls=(); for _ in $(seq 1 20); do urls+=(-o /dev/null "$gw/api/v1/info"); done
 curl -s -H "$(auth "$t_ui")" "${urls[@]}"
 sleep 1
 via_gw=$(ports_since "$mark")
-check "20 requests through the gateway reuse upstream connections (used $via_gw)" test "$via_gw" -le 2
+check "20 requests through the gateway reuse upstream connections (used $via_gw)" test "$via_gw" -ge 1 -a "$via_gw" -le 2
 mark=$(loglen)
 curl -s "${urls[@]/#$gw/$nd}"
 sleep 1

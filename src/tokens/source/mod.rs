@@ -19,7 +19,7 @@ use std::sync::Arc;
 use time::OffsetDateTime;
 use tokio::sync::Notify;
 
-use super::{TokenId, TokenIndex, TokenRecord};
+use super::{TokenHash, TokenId, TokenIndex, TokenRecord};
 use crate::config::{SourceKind, TokenSourceSettings};
 
 /// Why a source could not be read or written. Never carries a secret.
@@ -46,6 +46,43 @@ impl From<super::index::IndexError> for SourceError {
     fn from(e: super::index::IndexError) -> Self {
         SourceError::Invalid(e.to_string())
     }
+}
+
+/// A change to one stored token, found by its id: `tollgate token revoke`,
+/// `enable`, `delete` and `rotate`. Each is one atomic write (a file
+/// rename, a database transaction), so a gateway reloading meanwhile sees
+/// the tokens before it or after it.
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// `disabled: true` (revoke) or `false` (enable).
+    Disabled(bool),
+    /// Removed entirely.
+    Delete,
+    /// A new secret for the same token. With `previous_until`, the old
+    /// secret stays valid until then as the token [`previous_id`]
+    /// (replacing one an earlier rotation left), with the same scopes and
+    /// limits: requests still using it are told apart in logs and metrics.
+    Rotate {
+        hash: TokenHash,
+        previous_until: Option<OffsetDateTime>,
+    },
+}
+
+/// The id the old secret of a rotation with an overlap is kept under.
+pub fn previous_id(id: &TokenId) -> Result<TokenId, SourceError> {
+    TokenId::parse(&format!("{id}.previous")).map_err(|problem| {
+        SourceError::Invalid(format!(
+            "token {id:?}: cannot keep the old secret as {id}.previous: {problem}"
+        ))
+    })
+}
+
+/// The earlier of a token's expiry and the end of an overlap.
+pub(crate) fn overlap_expiry(
+    expires_at: Option<OffsetDateTime>,
+    until: OffsetDateTime,
+) -> OffsetDateTime {
+    expires_at.map_or(until, |at| at.min(until))
 }
 
 /// A summary of what one load read — computed by the database in the same
@@ -144,10 +181,16 @@ impl Source {
     /// Disables a token (`disabled` and `updated_at`); an unknown id is an
     /// error, and so is a custom-query source.
     pub async fn revoke(&self, id: &TokenId) -> Result<(), SourceError> {
+        self.change(id, &Change::Disabled(true)).await
+    }
+
+    /// Applies `change` to the token `id` in one atomic write; an unknown
+    /// id is an error. Refused for a custom query (read-only).
+    pub async fn change(&self, id: &TokenId, change: &Change) -> Result<(), SourceError> {
         match self {
-            Source::File(s) => s.revoke(id).await,
-            Source::Sqlite(s) => s.revoke(id).await,
-            Source::Postgres(s) => s.revoke(id).await,
+            Source::File(s) => s.change(id, change).await,
+            Source::Sqlite(s) => s.change(id, change).await,
+            Source::Postgres(s) => s.change(id, change).await,
         }
     }
 
@@ -340,5 +383,93 @@ pub(crate) mod shared_tests {
         assert!(after[0].updated_at >= after[0].created_at);
         let err = source.revoke(&id("nope")).await.unwrap_err();
         assert_eq!(err.to_string(), "no token with id \"nope\"");
+    }
+
+    /// Enable, rotate (with and without an overlap) and delete, each read
+    /// back: the index the gateway would build accepts exactly the secrets
+    /// that should work.
+    pub async fn enable_rotate_delete(source: &Source) {
+        use super::Change;
+        source.ensure_schema().await.unwrap();
+        let expiry = sql::parse_time("2030-01-01T00:00:00Z").unwrap();
+        let mut token = record("r", "old-secret");
+        token.expires_at = Some(expiry);
+        token.read_only = true;
+        source.create(&token).await.unwrap();
+        source.create(&record("gone", "gone-secret")).await.unwrap();
+        let works = |secret: &'static str| async move {
+            let index = crate::tokens::TokenIndex::build(source.load().await.unwrap()).unwrap();
+            index
+                .get(&TokenHash::of(secret.as_bytes()))
+                .filter(|e| !e.disabled)
+                .map(|e| e.id_str().to_string())
+        };
+
+        source.revoke(&id("r")).await.unwrap();
+        assert_eq!(works("old-secret").await, None);
+        source
+            .change(&id("r"), &Change::Disabled(false))
+            .await
+            .unwrap();
+        assert_eq!(works("old-secret").await.as_deref(), Some("r"));
+
+        // An overlap: the old secret works as r.previous until it ends,
+        // never beyond the token's own expiry; the rest is copied.
+        let until = sql::parse_time("2029-01-01T00:00:00Z").unwrap();
+        let rotate = |secret: &str, until| Change::Rotate {
+            hash: TokenHash::of(secret.as_bytes()),
+            previous_until: until,
+        };
+        source
+            .change(&id("r"), &rotate("new-secret", Some(until)))
+            .await
+            .unwrap();
+        assert_eq!(works("new-secret").await.as_deref(), Some("r"));
+        assert_eq!(works("old-secret").await.as_deref(), Some("r.previous"));
+        let all = source.load().await.unwrap();
+        let by = |name: &str| all.iter().find(|r| r.id.as_str() == name).unwrap().clone();
+        assert_eq!(by("r").expires_at, Some(expiry));
+        assert_eq!(by("r.previous").expires_at, Some(until));
+        assert!(by("r").read_only && by("r.previous").read_only);
+        assert_eq!(by("r").scopes, by("r.previous").scopes);
+
+        // Rotating again replaces r.previous; without an overlap the old
+        // secret stops at once.
+        let later = sql::parse_time("2031-01-01T00:00:00Z").unwrap();
+        source
+            .change(&id("r"), &rotate("third", Some(later)))
+            .await
+            .unwrap();
+        assert_eq!(works("old-secret").await, None);
+        assert_eq!(works("new-secret").await.as_deref(), Some("r.previous"));
+        let all = source.load().await.unwrap();
+        let previous = all.iter().find(|r| r.id.as_str() == "r.previous").unwrap();
+        assert_eq!(
+            previous.expires_at,
+            Some(expiry),
+            "never beyond the token's own"
+        );
+        source
+            .change(&id("r"), &rotate("fourth", None))
+            .await
+            .unwrap();
+        assert_eq!(works("third").await, None);
+        assert_eq!(works("fourth").await.as_deref(), Some("r"));
+
+        source.change(&id("gone"), &Change::Delete).await.unwrap();
+        assert_eq!(works("gone-secret").await, None);
+        assert!(source
+            .load()
+            .await
+            .unwrap()
+            .iter()
+            .all(|r| r.id.as_str() != "gone"));
+        for change in [Change::Delete, Change::Disabled(false), rotate("x", None)] {
+            let err = source.change(&id("gone"), &change).await.unwrap_err();
+            assert!(
+                err.to_string().contains("no token with id \"gone\""),
+                "{err}"
+            );
+        }
     }
 }

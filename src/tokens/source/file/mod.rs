@@ -24,7 +24,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 
-use super::{Fingerprint, SourceError};
+use super::{overlap_expiry, previous_id, Change, Fingerprint, SourceError};
 use crate::config::ConfigErrors;
 use crate::tokens::{TokenId, TokenIndex, TokenRecord};
 use disk::{is_blank, leading_comments, read_existing, read_text, write_atomic};
@@ -182,18 +182,66 @@ impl FileSource {
 
     /// Sets `disabled: true` on the token `id`. Fails if there is none.
     pub async fn revoke(&self, id: &TokenId) -> Result<(), SourceError> {
+        self.change(id, &Change::Disabled(true)).await
+    }
+
+    /// Applies `change` to the token `id` in one atomic rewrite. Fails if
+    /// there is none.
+    pub async fn change(&self, id: &TokenId, change: &Change) -> Result<(), SourceError> {
         let id = id.clone();
         let path = self.path.clone();
-        self.update(move |specs, _| {
-            let spec = specs
-                .iter_mut()
-                .find(|s| id == s.id.as_str())
+        let change = change.clone();
+        let previous = match &change {
+            Change::Rotate {
+                previous_until: Some(_),
+                ..
+            } => Some(previous_id(&id)?),
+            _ => None,
+        };
+        self.update(move |specs, records| {
+            let at = specs
+                .iter()
+                .position(|s| id == s.id.as_str())
                 .ok_or_else(|| {
                     SourceError::Invalid(format!("no token with id {id:?} in {}", path.display()))
                 })?;
-            let changed = spec.disabled != Some(true);
-            spec.disabled = Some(true);
-            Ok(changed)
+            match &change {
+                Change::Disabled(disabled) => {
+                    let changed = specs[at].disabled.unwrap_or(false) != *disabled;
+                    specs[at].disabled = disabled.then_some(true);
+                    Ok(changed)
+                }
+                Change::Delete => {
+                    specs.remove(at);
+                    Ok(true)
+                }
+                Change::Rotate {
+                    hash,
+                    previous_until,
+                } => {
+                    if let Some(other) = records.iter().find(|r| r.hash == *hash) {
+                        return Err(SourceError::Invalid(format!(
+                            "token {:?} already has this secret",
+                            other.id
+                        )));
+                    }
+                    let mut old = specs[at].clone();
+                    specs[at].sha256 = Some(hash.to_hex());
+                    specs[at].token = None;
+                    if let (Some(until), Some(previous)) = (previous_until, &previous) {
+                        let expires = records
+                            .iter()
+                            .find(|r| r.id == id)
+                            .and_then(|r| r.expires_at);
+                        let expires = overlap_expiry(expires, *until);
+                        specs.retain(|s| previous != s.id.as_str());
+                        old.id = previous.to_string();
+                        old.expires_at = Some(crate::tokens::source::sql::format_time(expires));
+                        specs.push(old);
+                    }
+                    Ok(true)
+                }
+            }
         })
         .await
     }

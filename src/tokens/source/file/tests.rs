@@ -255,6 +255,13 @@ async fn an_unchanged_file_is_recognised_by_its_fingerprint_and_not_rebuilt() {
 }
 
 #[tokio::test]
+async fn enable_rotate_delete() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = super::super::Source::File(FileSource::new(dir.path().join("tokens.yaml")));
+    super::super::shared_tests::enable_rotate_delete(&source).await;
+}
+
+#[tokio::test]
 async fn create_list_revoke_round_trip() {
     let dir = tempfile::tempdir().unwrap();
     let source = FileSource::new(dir.path().join("tokens.yaml"));

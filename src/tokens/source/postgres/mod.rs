@@ -20,7 +20,7 @@ use tokio::sync::{Notify, OnceCell};
 use tokio::task::AbortHandle;
 
 use super::sql::{self, InvalidRow, Stored};
-use super::{Fingerprint, Loaded, SourceError};
+use super::{previous_id, Change, Fingerprint, Loaded, SourceError};
 use crate::tokens::split::SplitTokens;
 use crate::tokens::{TokenId, TokenIndex, TokenRecord};
 
@@ -214,16 +214,101 @@ impl PostgresSource {
     /// Sets `disabled` and `updated_at`; an unknown id is an error. The
     /// trigger announces it, so running gateways stop accepting the token.
     pub async fn revoke(&self, id: &TokenId) -> Result<(), SourceError> {
+        self.change(id, &Change::Disabled(true)).await
+    }
+
+    /// Applies `change` in one transaction; an unknown id is an error. The
+    /// trigger announces it at commit, so running gateways see it at once.
+    pub async fn change(&self, id: &TokenId, change: &Change) -> Result<(), SourceError> {
         self.writable()?;
-        let done = sqlx::query(
-            "UPDATE tollgate_tokens SET disabled = true, updated_at = $2 WHERE id = $1",
-        )
-        .bind(id.as_str())
-        .bind(sql::now())
-        .execute(self.pool().await?)
-        .await
-        .map_err(|e| self.db_error(e))?;
-        match done.rows_affected() {
+        let previous = match change {
+            Change::Rotate {
+                previous_until: Some(_),
+                ..
+            } => Some(previous_id(id)?),
+            _ => None,
+        };
+        let pool = self.pool().await?;
+        let now = sql::now();
+        let run = async {
+            let mut tx = pool.begin().await?;
+            let found = match change {
+                Change::Disabled(disabled) => sqlx::query(
+                    "UPDATE tollgate_tokens SET disabled = $2, updated_at = $3 WHERE id = $1",
+                )
+                .bind(id.as_str())
+                .bind(*disabled)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected(),
+                Change::Delete => sqlx::query("DELETE FROM tollgate_tokens WHERE id = $1")
+                    .bind(id.as_str())
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected(),
+                Change::Rotate {
+                    hash,
+                    previous_until: None,
+                } => sqlx::query(
+                    "UPDATE tollgate_tokens SET sha256 = $2, updated_at = $3 WHERE id = $1",
+                )
+                .bind(id.as_str())
+                .bind(hash.to_hex())
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected(),
+                Change::Rotate {
+                    hash,
+                    previous_until: Some(until),
+                } => {
+                    let previous = previous.as_ref().map(TokenId::as_str).unwrap_or_default();
+                    sqlx::query("DELETE FROM tollgate_tokens WHERE id = $1")
+                        .bind(previous)
+                        .execute(&mut *tx)
+                        .await?;
+                    let found = sqlx::query("UPDATE tollgate_tokens SET id = $2 WHERE id = $1")
+                        .bind(id.as_str())
+                        .bind(previous)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                    if found == 1 {
+                        sqlx::query(&format!(
+                            "INSERT INTO tollgate_tokens (id, sha256, {c}, updated_at, last_used_at) \
+                             SELECT $1, $2, {c}, $3, NULL FROM tollgate_tokens WHERE id = $4",
+                            c = sql::COPIED_COLUMNS
+                        ))
+                        .bind(id.as_str())
+                        .bind(hash.to_hex())
+                        .bind(now)
+                        .bind(previous)
+                        .execute(&mut *tx)
+                        .await?;
+                        sqlx::query(
+                            "UPDATE tollgate_tokens SET expires_at = $2, updated_at = $3 WHERE id = $1 \
+                             AND (expires_at IS NULL OR expires_at > $2)",
+                        )
+                        .bind(previous)
+                        .bind(*until)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                    found
+                }
+            };
+            // Ended explicitly either way: a dropped transaction would
+            // leave its connection idle in the transaction, holding locks.
+            if found > 0 {
+                tx.commit().await?;
+            } else {
+                tx.rollback().await?;
+            }
+            Ok::<_, sqlx::Error>(found)
+        };
+        match run.await.map_err(|e| self.db_error(e))? {
             0 => Err(sql::no_such_token(id.as_str())),
             _ => Ok(()),
         }

@@ -158,6 +158,15 @@ async fn create_list_revoke_round_trip() {
 }
 
 #[tokio::test]
+async fn enable_rotate_delete() {
+    let Some(db) = TestDb::new(false).await else {
+        return;
+    };
+    let source = super::super::Source::Postgres(db.source(None));
+    shared_tests::enable_rotate_delete(&source).await;
+}
+
+#[tokio::test]
 async fn load_reads_every_column() {
     let Some(db) = TestDb::new(false).await else {
         return;

@@ -185,6 +185,11 @@ pub(crate) fn conflict(new_id: &str, existing: Option<String>) -> SourceError {
 }
 
 /// The error for `revoke` of an id that is not there.
+/// The columns a rotation copies from the old row into the new one, after
+/// `id, sha256` (both sources' `INSERT … SELECT`).
+pub(crate) const COPIED_COLUMNS: &str = "scopes, read_only, expires_at, allowed_ips, \
+     rate_requests, rate_per_ms, rate_burst, disabled, description, created_at";
+
 pub(crate) fn no_such_token(id: &str) -> SourceError {
     SourceError::Invalid(format!("no token with id {id:?}"))
 }

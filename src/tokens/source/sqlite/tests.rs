@@ -105,6 +105,13 @@ async fn create_list_revoke_round_trip() {
 }
 
 #[tokio::test]
+async fn enable_rotate_delete() {
+    let (_dir, path) = temp();
+    let source = super::super::Source::Sqlite(SqliteSource::new(path, None));
+    shared_tests::enable_rotate_delete(&source).await;
+}
+
+#[tokio::test]
 async fn an_invalid_row_is_skipped_and_read_names_it_by_id_and_column() {
     let (_dir, path) = temp();
     let source = SqliteSource::new(path.clone(), None);
