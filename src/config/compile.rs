@@ -578,6 +578,7 @@ impl Compiler<'_> {
                 false,
             ),
             idle: self.duration("timeouts.idle", spec.idle.as_deref(), "60s", false),
+            send: self.duration("timeouts.send", spec.send.as_deref(), "60s", false),
             shutdown_grace: self.duration(
                 "timeouts.shutdown_grace",
                 spec.shutdown_grace.as_deref(),

@@ -157,6 +157,9 @@ pub struct Timeouts {
     pub upstream_connect: Duration,
     pub upstream_response: Duration,
     pub idle: Duration,
+    /// How long a client may accept none of its answer (nginx's
+    /// `send_timeout`).
+    pub send: Duration,
     pub shutdown_grace: Duration,
 }
 

@@ -202,6 +202,8 @@ pub(crate) struct TimeoutsSpec {
     #[serde(default)]
     pub idle: Option<String>,
     #[serde(default)]
+    pub send: Option<String>,
+    #[serde(default)]
     pub shutdown_grace: Option<String>,
 }
 

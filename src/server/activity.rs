@@ -11,6 +11,12 @@
 //! head) and by [`Activity::expired`], the watchdog the connection is served
 //! beside.
 //!
+//! With a request in flight, the watchdog looks every `min(header_read,
+//! idle)` whether writes to the client have been blocked for longer than
+//! `timeouts.send` (a client that stopped reading, holding its upstream
+//! connection): then the connection is dropped, as nginx's `send_timeout`
+//! does. A response merely waiting for the upstream blocks no write.
+//!
 //! Cost: a request takes and drops one `InFlight` (an `Arc` clone and a few
 //! uncontended atomics) and reads the clock once, when it ends; a head read
 //! after an idle wait reads it once more. The watchdog's timer is re-armed
@@ -44,6 +50,12 @@ pub struct Activity {
     header_read: u64,
     /// The idle limit in microseconds; shortened to `header_read` by a drain.
     idle: AtomicU64,
+    /// `timeouts.send` in microseconds: how long writes to the client may
+    /// stay blocked while a request is in flight.
+    send: u64,
+    /// Since when (microseconds since `opened`, plus one) a write to the
+    /// client has been blocked; 0 while writes go through.
+    write_blocked: AtomicU64,
 }
 
 /// Which wait a connection starts with.
@@ -69,7 +81,32 @@ impl Activity {
             deadline: AtomicU64::new(deadline),
             header_read,
             idle: AtomicU64::new(idle),
+            send: u64::MAX >> 2,
+            write_blocked: AtomicU64::new(0),
         })
+    }
+
+    /// Sets `timeouts.send` (HTTP/1: the transport reports blocked writes).
+    pub fn with_send(self: Arc<Self>, send: Duration) -> Arc<Self> {
+        let mut activity = Arc::into_inner(self).expect("set before the activity is shared");
+        activity.send = micros(send);
+        Arc::new(activity)
+    }
+
+    /// A write to the client could not go through: the client is not
+    /// reading. Notes since when, once.
+    fn write_blocked(&self) {
+        if self.write_blocked.load(Ordering::Relaxed) == 0 {
+            self.write_blocked
+                .store(self.now().saturating_add(1), Ordering::Relaxed);
+        }
+    }
+
+    /// A write went through.
+    fn write_done(&self) {
+        if self.write_blocked.load(Ordering::Relaxed) != 0 {
+            self.write_blocked.store(0, Ordering::Relaxed);
+        }
     }
 
     /// A request has arrived; it is in flight until the guard is dropped.
@@ -119,6 +156,10 @@ impl Activity {
     /// again.
     fn remaining(&self) -> Option<Duration> {
         if self.in_flight.load(Ordering::Acquire) > 0 {
+            let blocked = self.write_blocked.load(Ordering::Relaxed);
+            if blocked != 0 && self.now().saturating_sub(blocked - 1) >= self.send {
+                return None;
+            }
             let recheck = self.header_read.min(self.idle.load(Ordering::Relaxed));
             return Some(Duration::from_micros(recheck.max(1)));
         }
@@ -127,8 +168,9 @@ impl Activity {
         Some(Duration::from_micros(left))
     }
 
-    /// Resolves when the connection has waited too long: for a head, or
-    /// idle with nothing in flight.
+    /// Resolves when the connection has waited too long: for a head, idle
+    /// with nothing in flight, or — with a request in flight — for a
+    /// client that has accepted no bytes for `timeouts.send`.
     pub async fn expired(&self) {
         while let Some(left) = self.remaining() {
             tokio::time::sleep(left).await;
@@ -285,7 +327,12 @@ impl<I: AsyncWrite + Unpin, U: Unparsable + Unpin> AsyncWrite for Watched<I, U> 
                 }
             }
         }
-        Pin::new(&mut this.io).poll_write(cx, buf)
+        let polled = Pin::new(&mut this.io).poll_write(cx, buf);
+        match &polled {
+            Poll::Pending => this.activity.write_blocked(),
+            Poll::Ready(_) => this.activity.write_done(),
+        }
+        polled
     }
 
     fn poll_write_vectored(
@@ -393,6 +440,25 @@ mod tests {
         assert!(!activity.reading_head(), "idle");
         activity.read_some();
         assert!(activity.reading_head());
+    }
+
+    #[test]
+    fn a_request_in_flight_expires_only_once_writes_stay_blocked_past_send() {
+        let activity = Activity::new(SECOND, 60 * SECOND, Start::Idle).with_send(20 * MS);
+        let request = activity.begin();
+        std::thread::sleep(30 * MS);
+        assert!(
+            activity.remaining().is_some(),
+            "no write blocked: waiting is fine"
+        );
+        activity.write_blocked();
+        assert!(activity.remaining().is_some(), "blocked only just now");
+        std::thread::sleep(30 * MS);
+        activity.write_blocked();
+        assert_eq!(activity.remaining(), None, "blocked since the first note");
+        activity.write_done();
+        assert!(activity.remaining().is_some(), "a write went through");
+        drop(request);
     }
 
     #[tokio::test]

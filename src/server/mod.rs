@@ -233,6 +233,7 @@ async fn serve_connection(
         let limits = Limits {
             header_read: policy.settings.timeouts.header_read,
             idle: policy.settings.timeouts.idle,
+            send: policy.settings.timeouts.send,
             max_header_bytes: policy.settings.limits.max_header_bytes,
         };
         (policy.tls.get(listener).cloned().flatten(), limits)
@@ -266,6 +267,7 @@ async fn serve_connection(
 struct Limits {
     header_read: Duration,
     idle: Duration,
+    send: Duration,
     max_header_bytes: usize,
 }
 
@@ -280,7 +282,7 @@ async fn run_http<I>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let start = if h2 { Start::Idle } else { Start::Head };
-    let activity = Activity::new(limits.header_read, limits.idle, start);
+    let activity = Activity::new(limits.header_read, limits.idle, start).with_send(limits.send);
     let requests = activity.clone();
     let unparsable = Refuser {
         gateway: gateway.clone(),

@@ -135,3 +135,82 @@ async fn after_answered_requests_a_bad_head_on_the_same_connection_gets_the_json
     assert_refusal(&r, 400, "bad_request");
     assert_eq!(up.seen().len(), 2);
 }
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_disconnected_after_the_send_timeout_freeing_the_upstream() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use tokio::io::AsyncReadExt;
+    // An upstream that streams a large answer for as long as it is taken,
+    // and notes when its connection is closed under it.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let closed = Arc::new(AtomicBool::new(false));
+    let noted = closed.clone();
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = stream.read(&mut buf).await.unwrap();
+            head.extend_from_slice(&buf[..n]);
+        }
+        let size = 1u64 << 30;
+        let start = format!("HTTP/1.1 200 OK\r\ncontent-length: {size}\r\n\r\n");
+        stream.write_all(start.as_bytes()).await.unwrap();
+        let chunk = vec![b'x'; 64 * 1024];
+        let mut sent = 0;
+        while sent < size {
+            if stream.write_all(&chunk).await.is_err() {
+                noted.store(true, Ordering::SeqCst);
+                return;
+            }
+            sent += chunk.len() as u64;
+        }
+    });
+    let config = gateway_yaml(addr, "").replace("  idle: 2s\n", "  idle: 2s\n  send: 1s\n");
+    let gw = Gw::start(&config, &tokens_yaml()).await;
+    let mut client = TcpStream::connect(gw.addr()).await.unwrap();
+    let head = format!(
+        "GET /api/v1/big HTTP/1.1\r\nHost: t\r\n{}\r\n\r\n",
+        bearer(AGENT)
+    );
+    client.write_all(head.as_bytes()).await.unwrap();
+    // Reads nothing: the buffers fill, the gateway's writes block.
+    let started = std::time::Instant::now();
+    while !closed.load(Ordering::SeqCst) {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "the upstream connection is still held"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let line = gw.access.lines(1).await.pop().unwrap();
+    assert_eq!(line["status"], 499, "{line}");
+    assert_eq!(line["error"], "client_closed", "{line}");
+    // The client finds its connection closed after what was buffered.
+    let mut sink = vec![0u8; 1 << 20];
+    let drained = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match client.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(drained.is_ok(), "the client connection was not closed");
+}
+
+#[tokio::test]
+async fn an_answer_that_waits_for_the_upstream_is_never_cut_by_the_send_timeout() {
+    let up = Upstream::start().await;
+    up.behaviour.lock().unwrap().delay = Some(Duration::from_millis(1500));
+    let config = gateway_yaml(up.addr, "").replace("  idle: 2s\n", "  idle: 2s\n  send: 1s\n");
+    let gw = Gw::start(&config, &tokens_yaml()).await;
+    // No write is blocked while the gateway waits: only a client that
+    // does not take what is sent is cut.
+    let r = get(gw.addr(), "/api/v1/x", &[&bearer(AGENT)]).await;
+    assert_eq!(r.status, 200, "{}", r.head);
+    assert_eq!(r.body, b"upstream says hi");
+}
