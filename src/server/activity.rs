@@ -26,7 +26,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -56,6 +56,27 @@ pub struct Activity {
     /// Since when (microseconds since `opened`, plus one) a write to the
     /// client has been blocked; 0 while writes go through.
     write_blocked: AtomicU64,
+    /// How long a connection is idle before it is parked, in microseconds;
+    /// 0: never (HTTP/2).
+    park_after: u64,
+    /// [`NOT_PARKING`], [`PARKING`] (hyper was told to stop, and no
+    /// request came since: the transport's shutdown is then not a close)
+    /// or [`PARK_INTERRUPTED`] (a request came: hyper answers it with
+    /// `Connection: close` and closes, and the park is off).
+    parking: AtomicU8,
+}
+
+const NOT_PARKING: u8 = 0;
+const PARKING: u8 = 1;
+const PARK_INTERRUPTED: u8 = 2;
+
+/// What the watchdog found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Due {
+    /// A wait ran out: the connection is to end.
+    Expired,
+    /// Idle for `park_after`: the protocol's buffers may go.
+    Park,
 }
 
 /// Which wait a connection starts with.
@@ -83,7 +104,22 @@ impl Activity {
             idle: AtomicU64::new(idle),
             send: u64::MAX >> 2,
             write_blocked: AtomicU64::new(0),
+            park_after: 0,
+            parking: AtomicU8::new(NOT_PARKING),
         })
+    }
+
+    /// A parked connection serves again.
+    pub fn resume(&self) {
+        self.parking.store(NOT_PARKING, Ordering::Relaxed);
+    }
+
+    /// Parks the connection after `park_after` without a request
+    /// (HTTP/1: [`serve_watched`] hands it back to be parked).
+    pub fn with_park_after(self: Arc<Self>, park_after: Duration) -> Arc<Self> {
+        let mut activity = Arc::into_inner(self).expect("set before the activity is shared");
+        activity.park_after = micros(park_after).max(1);
+        Arc::new(activity)
     }
 
     /// Sets `timeouts.send` (HTTP/1: the transport reports blocked writes).
@@ -112,6 +148,11 @@ impl Activity {
     /// A request has arrived; it is in flight until the guard is dropped.
     pub fn begin(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
+        if self.parking.load(Ordering::Relaxed) == PARKING {
+            // A request came in while hyper was being told to stop: it
+            // answers it with `Connection: close`, and then it closes.
+            self.parking.store(PARK_INTERRUPTED, Ordering::Relaxed);
+        }
         InFlight(self.clone())
     }
 
@@ -151,28 +192,55 @@ impl Activity {
         self.wait(self.header_read, 0);
     }
 
-    /// How long until the current wait ends; `None` once it has ended. With
-    /// a request in flight there is no wait: the answer is when to look
-    /// again.
-    fn remaining(&self) -> Option<Duration> {
+    /// How long until the current wait ends, or what is due now. With a
+    /// request in flight there is no wait: the answer is when to look
+    /// again (and whether writes have been blocked past `send`).
+    fn remaining(&self) -> Result<Duration, Due> {
         if self.in_flight.load(Ordering::Acquire) > 0 {
             let blocked = self.write_blocked.load(Ordering::Relaxed);
             if blocked != 0 && self.now().saturating_sub(blocked - 1) >= self.send {
-                return None;
+                return Err(Due::Expired);
             }
             let recheck = self.header_read.min(self.idle.load(Ordering::Relaxed));
-            return Some(Duration::from_micros(recheck.max(1)));
+            return Ok(Duration::from_micros(recheck.max(1)));
         }
-        let until = self.deadline.load(Ordering::Acquire) >> 1;
-        let left = until.checked_sub(self.now()).filter(|&left| left > 0)?;
-        Some(Duration::from_micros(left))
+        let deadline = self.deadline.load(Ordering::Acquire);
+        let now = self.now();
+        let until = deadline >> 1;
+        let left = until.checked_sub(now).filter(|&left| left > 0);
+        let Some(mut left) = left else {
+            return Err(Due::Expired);
+        };
+        if self.park_after > 0
+            && deadline & HEAD == 0
+            && self.parking.load(Ordering::Relaxed) == NOT_PARKING
+        {
+            // Idle since the deadline was set `idle` before it.
+            let idle = self.idle.load(Ordering::Relaxed);
+            let park_at = until.saturating_sub(idle).saturating_add(self.park_after);
+            match park_at.checked_sub(now).filter(|&l| l > 0) {
+                None => return Err(Due::Park),
+                Some(to_park) => left = left.min(to_park),
+            }
+        }
+        Ok(Duration::from_micros(left))
     }
 
-    /// Resolves when the connection has waited too long: for a head, idle
-    /// with nothing in flight, or — with a request in flight — for a
-    /// client that has accepted no bytes for `timeouts.send`.
+    /// Resolves with what is due: a wait that ran out (for a head, idle
+    /// with nothing in flight, or — with a request in flight — a client
+    /// that has accepted no bytes for `timeouts.send`), or a park.
+    pub async fn due(&self) -> Due {
+        loop {
+            match self.remaining() {
+                Ok(left) => tokio::time::sleep(left).await,
+                Err(due) => return due,
+            }
+        }
+    }
+
+    /// Resolves when a wait has run out (never parks).
     pub async fn expired(&self) {
-        while let Some(left) = self.remaining() {
+        while let Ok(left) = self.remaining() {
             tokio::time::sleep(left).await;
         }
     }
@@ -217,6 +285,8 @@ pub struct Watched<I, U> {
     unparsable: U,
     /// The replacement answer and how much of it is written.
     replacing: Option<(Bytes, usize)>,
+    /// Bytes read while the connection was parked, read again first.
+    unread: Bytes,
 }
 
 /// The gateway's answer to a head hyper could not parse: the whole
@@ -239,7 +309,13 @@ impl<I, U> Watched<I, U> {
             activity,
             unparsable,
             replacing: None,
+            unread: Bytes::new(),
         }
+    }
+
+    /// Bytes to be read again before anything else from the transport.
+    pub fn unread(&mut self, bytes: Bytes) {
+        self.unread = bytes;
     }
 }
 
@@ -277,6 +353,12 @@ impl<I: AsyncRead + Unpin, U: Unpin> AsyncRead for Watched<I, U> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if !self.unread.is_empty() {
+            let n = self.unread.len().min(buf.remaining());
+            buf.put_slice(&self.unread.split_to(n));
+            self.activity.read_some();
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.io).poll_read(cx, buf);
         if buf.filled().len() > before {
@@ -360,46 +442,108 @@ impl<I: AsyncWrite + Unpin, U: Unparsable + Unpin> AsyncWrite for Watched<I, U> 
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         std::task::ready!(self.poll_replacing(cx))?;
+        if self.activity.parking.load(Ordering::Relaxed) == PARKING {
+            // hyper stops for a park: the connection stays open.
+            return Poll::Ready(Ok(()));
+        }
         Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 
+/// How [`serve_watched`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Served {
+    /// The connection is done (closed, or to be dropped).
+    Ended,
+    /// The protocol stopped for a park; the transport is still open.
+    Parked,
+}
+
 /// Serves `connection` until it ends. `graceful` is the protocol's graceful
 /// shutdown (HTTP/2's GOAWAY), if it has one: it is started once `stop`
-/// resolves or the connection has been idle too long, and the connection
-/// then gets `header_read` more to end by itself. Without one (HTTP/1.1,
-/// where the gateway answers requests during a drain itself), a connection
-/// that waited too long is dropped, which closes it.
+/// resolves (`stopped` remembers it across parks) or the connection has
+/// been idle too long, and the connection then gets `header_read` more to
+/// end by itself. Without one (HTTP/1.1, where the gateway answers requests
+/// during a drain itself), a connection that waited too long is dropped,
+/// which closes it. `park` (HTTP/1.1) tells the protocol to stop when the
+/// connection has been idle for `park_after`; it then ends `Parked`.
 pub async fn serve_watched<C, S>(
-    connection: C,
+    mut connection: Pin<&mut C>,
     activity: &Activity,
-    stop: S,
+    mut stop: Pin<&mut S>,
+    stopped: &mut bool,
     graceful: Option<fn(Pin<&mut C>)>,
-) where
+    park: Option<fn(Pin<&mut C>)>,
+) -> Served
+where
     C: Future,
     S: Future,
 {
-    tokio::pin!(connection);
-    tokio::pin!(stop);
     let mut graceful = graceful;
-    let mut stopped = false;
     loop {
         tokio::select! {
             biased;
-            _ = connection.as_mut() => return,
-            _ = activity.expired() => match graceful.take() {
-                Some(shut_down) => {
-                    shut_down(connection.as_mut());
-                    activity.last_wait();
+            _ = connection.as_mut() => {
+                // A park stays `PARKING` until `park` resumes it, so the
+                // watchdog does not park it again meanwhile.
+                if activity.parking.load(Ordering::Relaxed) == PARKING {
+                    return Served::Parked;
                 }
-                None => return,
+                activity.parking.store(NOT_PARKING, Ordering::Relaxed);
+                return Served::Ended;
+            }
+            due = activity.due() => match (due, park) {
+                (Due::Park, Some(park)) => {
+                    activity.parking.store(PARKING, Ordering::Relaxed);
+                    park(connection.as_mut());
+                }
+                (Due::Park, None) => unreachable!("park_after is set only where parking is"),
+                (Due::Expired, _) => match graceful.take() {
+                    Some(shut_down) => {
+                        shut_down(connection.as_mut());
+                        activity.last_wait();
+                    }
+                    None => return Served::Ended,
+                },
             },
-            _ = &mut stop, if !stopped => {
-                stopped = true;
+            _ = stop.as_mut(), if !*stopped => {
+                *stopped = true;
                 activity.drain();
                 if let Some(shut_down) = graceful.take() {
                     shut_down(connection.as_mut());
                 }
+            }
+        }
+    }
+}
+
+/// Waits on a parked connection's transport for its next byte, which is
+/// kept to be read again; `false` when the connection is to close instead
+/// (its idle wait ran out, or it closed).
+pub async fn park<I: AsyncRead + Unpin, U>(
+    io: &mut Watched<I, U>,
+    activity: &Activity,
+    mut stop: Pin<&mut impl Future>,
+    stopped: &mut bool,
+) -> bool {
+    let mut byte = [0u8; 1];
+    loop {
+        let mut buf = ReadBuf::new(&mut byte);
+        let read = std::future::poll_fn(|cx| Pin::new(&mut io.io).poll_read(cx, &mut buf));
+        tokio::select! {
+            biased;
+            read = read => {
+                if read.is_err() || buf.filled().is_empty() {
+                    return false;
+                }
+                io.unread(Bytes::copy_from_slice(buf.filled()));
+                activity.resume();
+                return true;
+            }
+            _ = activity.expired() => return false,
+            _ = stop.as_mut(), if !*stopped => {
+                *stopped = true;
+                activity.drain();
             }
         }
     }
@@ -448,16 +592,20 @@ mod tests {
         let request = activity.begin();
         std::thread::sleep(30 * MS);
         assert!(
-            activity.remaining().is_some(),
+            activity.remaining().is_ok(),
             "no write blocked: waiting is fine"
         );
         activity.write_blocked();
-        assert!(activity.remaining().is_some(), "blocked only just now");
+        assert!(activity.remaining().is_ok(), "blocked only just now");
         std::thread::sleep(30 * MS);
         activity.write_blocked();
-        assert_eq!(activity.remaining(), None, "blocked since the first note");
+        assert_eq!(
+            activity.remaining(),
+            Err(Due::Expired),
+            "blocked since the first note"
+        );
         activity.write_done();
-        assert!(activity.remaining().is_some(), "a write went through");
+        assert!(activity.remaining().is_ok(), "a write went through");
         drop(request);
     }
 
@@ -475,7 +623,7 @@ mod tests {
         let activity = Activity::new(SECOND, 60 * SECOND, Start::Head);
         let first = activity.begin();
         let second = activity.begin();
-        assert_eq!(activity.remaining(), Some(SECOND), "a recheck, not a wait");
+        assert_eq!(activity.remaining(), Ok(SECOND), "a recheck, not a wait");
         drop(first);
         assert_eq!(activity.in_flight.load(Ordering::Relaxed), 1);
         drop(second);
@@ -537,12 +685,91 @@ mod tests {
         assert!(took >= 700 * MS && took < 3 * SECOND, "{took:?}");
     }
 
+    fn never() -> std::future::Pending<()> {
+        std::future::pending()
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_parks_after_park_after_and_a_park_waits_out_the_idle_limit() {
+        let activity = Activity::new(100 * MS, 500 * MS, Start::Idle).with_park_after(100 * MS);
+        drop(activity.begin());
+        let started = Instant::now();
+        // A connection that ends as soon as it is told to stop, as an idle
+        // hyper connection does.
+        let told = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = told.clone();
+        let connection = std::pin::pin!(std::future::poll_fn(move |cx| {
+            if stopped.load(Ordering::Relaxed) {
+                Poll::Ready(())
+            } else {
+                let waker = cx.waker().clone();
+                let stopped = stopped.clone();
+                tokio::spawn(async move {
+                    while !stopped.load(Ordering::Relaxed) {
+                        tokio::time::sleep(10 * MS).await;
+                    }
+                    waker.wake();
+                });
+                Poll::Pending
+            }
+        }));
+        static TOLD: std::sync::OnceLock<std::sync::Arc<std::sync::atomic::AtomicBool>> =
+            std::sync::OnceLock::new();
+        TOLD.set(told).unwrap();
+        let served = serve_watched(
+            connection,
+            &activity,
+            std::pin::pin!(never()),
+            &mut false,
+            None,
+            Some(|_| TOLD.get().unwrap().store(true, Ordering::Relaxed)),
+        )
+        .await;
+        assert_eq!(served, Served::Parked);
+        let took = started.elapsed();
+        assert!(took >= 100 * MS && took < 450 * MS, "parked after {took:?}");
+        // Parked, nothing arrives: it closes when the idle limit is up,
+        // and the watchdog does not park it again meanwhile.
+        let (client, server) = tokio::io::duplex(64);
+        let mut io = Watched::new(server, activity.clone(), ());
+        let resumed = park(&mut io, &activity, std::pin::pin!(never()), &mut false).await;
+        assert!(!resumed);
+        let took = started.elapsed();
+        assert!(
+            took >= 500 * MS && took < 3 * SECOND,
+            "closed after {took:?}"
+        );
+        drop(client);
+    }
+
+    #[tokio::test]
+    async fn a_parked_connection_resumes_with_its_first_byte_read_again() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let activity = Activity::new(SECOND, 60 * SECOND, Start::Idle).with_park_after(MS);
+        drop(activity.begin());
+        activity.parking.store(PARKING, Ordering::Relaxed);
+        let (mut client, server) = tokio::io::duplex(64);
+        let mut io = Watched::new(server, activity.clone(), ());
+        client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        assert!(park(&mut io, &activity, std::pin::pin!(never()), &mut false).await);
+        assert_eq!(activity.parking.load(Ordering::Relaxed), NOT_PARKING);
+        let mut got = [0u8; 16];
+        io.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"GET / HTTP/1.1\r\n");
+        assert_eq!(
+            activity.deadline.load(Ordering::Relaxed) & HEAD,
+            HEAD,
+            "a head began"
+        );
+    }
+
     #[tokio::test]
     async fn an_idle_connection_without_a_graceful_shutdown_is_dropped_at_its_deadline() {
         let activity = Activity::new(100 * MS, 200 * MS, Start::Idle);
         let started = Instant::now();
-        let never = std::future::pending::<()>;
-        serve_watched(never(), &activity, never(), None).await;
+        let (connection, stop) = (std::pin::pin!(never()), std::pin::pin!(never()));
+        let served = serve_watched(connection, &activity, stop, &mut false, None, None).await;
+        assert_eq!(served, Served::Ended);
         let took = started.elapsed();
         assert!(took >= 200 * MS && took < 2 * SECOND, "{took:?}");
     }
@@ -552,14 +779,16 @@ mod tests {
         static TOLD: AtomicU32 = AtomicU32::new(0);
         let activity = Activity::new(100 * MS, 200 * MS, Start::Idle);
         let started = Instant::now();
-        let never = std::future::pending::<()>;
+        let (connection, stop) = (std::pin::pin!(never()), std::pin::pin!(never()));
         serve_watched(
-            never(),
+            connection,
             &activity,
-            never(),
+            stop,
+            &mut false,
             Some(|_| {
                 TOLD.fetch_add(1, Ordering::Relaxed);
             }),
+            None,
         )
         .await;
         assert_eq!(TOLD.load(Ordering::Relaxed), 1, "told once");

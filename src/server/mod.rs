@@ -28,6 +28,7 @@ pub mod signal;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,7 +41,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use self::accept::{Backoff, Slots};
-use self::activity::{Activity, Start, Unparsable, Watched};
+use self::activity::{Activity, Served, Start, Unparsable, Watched};
 use crate::gateway::{Conn, Gateway};
 
 /// Binds a TCP listener with `SO_REUSEADDR` (so a restart does not wait for
@@ -283,6 +284,13 @@ async fn run_http<I>(
 {
     let start = if h2 { Start::Idle } else { Start::Head };
     let activity = Activity::new(limits.header_read, limits.idle, start).with_send(limits.send);
+    // HTTP/2 keeps its connection state; an idle HTTP/1.1 connection
+    // parks (below).
+    let activity = if h2 {
+        activity
+    } else {
+        activity.with_park_after(PARK_AFTER)
+    };
     let requests = activity.clone();
     let unparsable = Refuser {
         gateway: gateway.clone(),
@@ -297,6 +305,8 @@ async fn run_http<I>(
     let stop = async move {
         let _ = stop.wait_for(|s| *s).await;
     };
+    tokio::pin!(stop);
+    let mut stopped = false;
     if h2 {
         let mut builder = http2::Builder::new(TokioExecutor::new());
         builder
@@ -304,7 +314,16 @@ async fn run_http<I>(
             .max_header_list_size(limits.max_header_bytes as u32)
             .keep_alive_interval(Some(Duration::from_secs(30)));
         let connection = builder.serve_connection(TokioIo::new(io), service);
-        activity::serve_watched(connection, &activity, stop, Some(|c| c.graceful_shutdown())).await;
+        tokio::pin!(connection);
+        activity::serve_watched(
+            connection,
+            &activity,
+            stop,
+            &mut stopped,
+            Some(|c| c.graceful_shutdown()),
+            None,
+        )
+        .await;
     } else {
         let mut builder = http1::Builder::new();
         builder
@@ -316,15 +335,56 @@ async fn run_http<I>(
             // less CPU per request for small and 1 MiB responses alike
             // (README, Performance).
             .writev(false);
-        let io = TokioIo::new(Watched::new(io, activity.clone(), unparsable));
-        let connection = builder.serve_connection(io, service).with_upgrades();
+        let mut io = Watched::new(io, activity.clone(), unparsable);
+        let mut service = service;
         // No graceful_shutdown on a drain: hyper would drop a request
         // whose head is half read. The gateway answers every request that
         // arrives while draining with 503 and `Connection: close`, and an
         // idle keep-alive connection closes at its header-read timeout.
-        activity::serve_watched(connection, &activity, stop, None).await;
+        //
+        // A connection idle for `PARK_AFTER` parks: hyper is told to stop
+        // (an idle HTTP/1.1 connection stops at once, without closing the
+        // transport), its read and write buffers are freed, and the task
+        // waits for the next byte with nothing but the socket; that byte
+        // starts a new hyper connection on the same transport.
+        loop {
+            let mut connection = builder
+                .serve_connection(TokioIo::new(io), service)
+                .with_upgrades();
+            let served = activity::serve_watched(
+                Pin::new(&mut connection),
+                &activity,
+                stop.as_mut(),
+                &mut stopped,
+                None,
+                Some(|c| c.graceful_shutdown()),
+            )
+            .await;
+            if served == Served::Ended {
+                return;
+            }
+            let Some(parts) = connection.into_parts() else {
+                return;
+            };
+            io = parts.io.into_inner();
+            service = parts.service;
+            if !parts.read_buf.is_empty() {
+                // hyper had read ahead: no park, serve it at once.
+                io.unread(parts.read_buf);
+                activity.resume();
+                continue;
+            }
+            if !activity::park(&mut io, &activity, stop.as_mut(), &mut stopped).await {
+                return;
+            }
+        }
     }
 }
+
+/// How long an HTTP/1.1 connection is idle before it parks. Short enough
+/// that idle keep-alive connections cost little memory, long enough that a
+/// client sending a request every second or so never pays for a park.
+const PARK_AFTER: Duration = Duration::from_secs(2);
 
 /// Answers, for an HTTP/1 connection, the heads hyper cannot parse.
 struct Refuser {

@@ -214,3 +214,38 @@ async fn an_answer_that_waits_for_the_upstream_is_never_cut_by_the_send_timeout(
     assert_eq!(r.status, 200, "{}", r.head);
     assert_eq!(r.body, b"upstream says hi");
 }
+
+#[tokio::test]
+async fn a_keep_alive_connection_idle_past_its_park_serves_again_on_the_same_socket() {
+    let up = Upstream::start().await;
+    // Idle connections park after 2 s without a request; 10 s idle limit.
+    let config = gateway_yaml(up.addr, "").replace("  idle: 2s\n", "  idle: 10s\n");
+    let gw = Gw::start(&config, &tokens_yaml()).await;
+    let mut client = TcpStream::connect(gw.addr()).await.unwrap();
+    let get = format!(
+        "GET /api/v1/x HTTP/1.1\r\nHost: t\r\n{}\r\n\r\n",
+        bearer(AGENT)
+    );
+    let post = format!(
+        "POST /api/v1/upload HTTP/1.1\r\nHost: t\r\n{}\r\nContent-Length: 5\r\n\r\nhello",
+        bearer(AGENT)
+    );
+    for round in 0..3 {
+        client.write_all(get.as_bytes()).await.unwrap();
+        let r = read_response(&mut client).await;
+        assert_eq!(r.status, 200, "round {round}: {}", r.head);
+        tokio::time::sleep(Duration::from_millis(2600)).await;
+        // Two requests in one write after the park: both answered.
+        client
+            .write_all(format!("{post}{get}").as_bytes())
+            .await
+            .unwrap();
+        for _ in 0..2 {
+            let r = read_response(&mut client).await;
+            assert_eq!(r.status, 200, "round {round}: {}", r.head);
+        }
+    }
+    let seen = up.seen();
+    assert_eq!(seen.len(), 9);
+    assert_eq!(&seen[1].body[..], b"hello");
+}
