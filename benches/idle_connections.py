@@ -2,9 +2,11 @@
 """Memory per idle HTTP/1.1 keep-alive connection.
 
 Starts `tollgate demo` (the gateway and its built-in echo upstream), opens N
-client connections, sends one authorised request on each and reads its
-answer, then leaves them all open and idle. Prints the gateway's resident
-set size before and after, and the difference per connection.
+client connections, sends one request on each (an anonymous read: no token
+limit applies) and reads its answer, then leaves them all open and idle;
+then waits 30 s. Prints the gateway's resident set size before, its peak,
+and where it settles once every connection has parked and the allocator has
+returned the buffers they no longer hold, per connection.
 
     python3 benches/idle_connections.py [BINARY] [N]
 
@@ -21,7 +23,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 binary = sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "target/release/tollgate")
 count = int(sys.argv[2]) if len(sys.argv) > 2 else 10000
-REQUEST = b"GET /api/v1/info HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer demo-agent-secret\r\n\r\n"
+REQUEST = b"GET /api/v3/info HTTP/1.1\r\nHost: bench\r\n\r\n"
 
 soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -56,6 +58,20 @@ def answer(sock):
         raise RuntimeError(head.decode(errors="replace"))
 
 
+def open_idle(n):
+    """Opens n connections, one answered request each, and leaves them."""
+    conns = []
+    for _ in range(n):
+        s = socket.create_connection(("127.0.0.1", 8080))
+        s.sendall(REQUEST)
+        answer(s)
+        conns.append(s)
+    # Past the 2 s after which an idle connection parks (the watchdog
+    # looks every 2 s).
+    time.sleep(5)
+    return conns
+
+
 gateway = subprocess.Popen([binary, "demo"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 try:
     for _ in range(100):
@@ -70,19 +86,17 @@ try:
         warm.sendall(REQUEST)
         answer(warm)
     time.sleep(1)
-    before = rss_kib(gateway.pid)
-    conns = []
-    started = time.time()
-    for _ in range(count):
-        s = socket.create_connection(("127.0.0.1", 8080))
-        s.sendall(REQUEST)
-        answer(s)
-        conns.append(s)
-    time.sleep(2)
-    after = rss_kib(gateway.pid)
-    print(f"{count} idle connections (opened in {time.time() - started:.1f} s): "
-          f"RSS {before / 1024:.1f} MiB -> {after / 1024:.1f} MiB, "
-          f"{(after - before) / count:.2f} KiB per connection")
+    start = rss_kib(gateway.pid)
+    opened = time.time()
+    conns = open_idle(count)
+    samples = []
+    while time.time() - opened < 30:
+        samples.append(rss_kib(gateway.pid))
+        time.sleep(1)
+    settled = samples[-1]
+    print(f"RSS {start / 1024:.1f} MiB before; with {count} idle connections "
+          f"{max(samples) / 1024:.1f} MiB at most, {settled / 1024:.1f} MiB after 30 s: "
+          f"{(settled - start) / count:.2f} KiB per idle connection")
     for s in conns:
         s.close()
 finally:

@@ -21,7 +21,9 @@
 //! uncontended atomics) and reads the clock once, when it ends; a head read
 //! after an idle wait reads it once more. The watchdog's timer is re-armed
 //! only when it fires (the deadline it finds moved on is slept to again), so
-//! no timer is registered or removed per request, as hyper's was.
+//! no timer is registered or removed per request, as hyper's was. On an
+//! HTTP/1.1 connection it fires at least every `park_after` (2 s) until the
+//! connection parks.
 
 use std::future::Future;
 use std::io;
@@ -201,7 +203,10 @@ impl Activity {
             if blocked != 0 && self.now().saturating_sub(blocked - 1) >= self.send {
                 return Err(Due::Expired);
             }
-            let recheck = self.header_read.min(self.idle.load(Ordering::Relaxed));
+            let recheck = self
+                .header_read
+                .min(self.idle.load(Ordering::Relaxed))
+                .min(self.park_check());
             return Ok(Duration::from_micros(recheck.max(1)));
         }
         let deadline = self.deadline.load(Ordering::Acquire);
@@ -211,6 +216,7 @@ impl Activity {
         let Some(mut left) = left else {
             return Err(Due::Expired);
         };
+        left = left.min(self.park_check());
         if self.park_after > 0
             && deadline & HEAD == 0
             && self.parking.load(Ordering::Relaxed) == NOT_PARKING
@@ -224,6 +230,17 @@ impl Activity {
             }
         }
         Ok(Duration::from_micros(left))
+    }
+
+    /// How often the watchdog looks at a connection that may park: every
+    /// `park_after`, so that a park is at most that late; never more
+    /// often than needed otherwise.
+    fn park_check(&self) -> u64 {
+        if self.park_after > 0 && self.parking.load(Ordering::Relaxed) == NOT_PARKING {
+            self.park_after
+        } else {
+            u64::MAX
+        }
     }
 
     /// Resolves with what is due: a wait that ran out (for a head, idle
