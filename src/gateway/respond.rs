@@ -33,6 +33,10 @@ pub fn upstream_response<G: Send + Unpin + 'static>(
     ex: &mut Exchange<'_>,
 ) -> (Response<Body<G>>, Option<Lease>) {
     let Forwarded { mut head, body } = forwarded;
+    // The version is the hop's, not the upstream's: an HTTP/1.0 upstream
+    // (Python's http.server) must not make the gateway answer an HTTP/1.1
+    // client in HTTP/1.0. hyper itself answers an HTTP/1.0 client in kind.
+    head.version = http::Version::HTTP_11;
     ex.upstream_request_id = headers::request_id(&head.headers);
     match body {
         Upstreamed::Tunnel => {

@@ -399,3 +399,40 @@ async fn send_keep_alive_keeps_a_close_by_default_upstream_on_one_connection() {
         assert!(!head.contains("\r\nconnection:"), "{head}");
     }
 }
+
+#[tokio::test]
+async fn an_http_1_0_upstream_is_answered_to_an_http_1_1_client_in_http_1_1_on_a_kept_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Like Python's http.server: answers in HTTP/1.0 and closes.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let answer =
+                    b"HTTP/1.0 200 OK\r\nServer: SimpleHTTP/0.6\r\ncontent-length: 2\r\n\r\nok";
+                let _ = stream.write_all(answer).await;
+            });
+        }
+    });
+    let gw = Gw::start(&gateway_yaml(addr, ""), &tokens_yaml()).await;
+    let mut client = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    let req = format!(
+        "GET /api/v1/x HTTP/1.1\r\nHost: t\r\n{}\r\n\r\n",
+        bearer(AGENT)
+    );
+    for _ in 0..2 {
+        client.write_all(req.as_bytes()).await.unwrap();
+        let r = read_response(&mut client).await;
+        assert!(r.head.starts_with("HTTP/1.1 200"), "{}", r.head);
+        assert_eq!(r.body, b"ok");
+    }
+}
