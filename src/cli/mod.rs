@@ -81,9 +81,17 @@ enum Command {
 pub fn main() -> i32 {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
+        Err(e) if e.use_stderr() => {
+            // One style for every error the command prints: the problem
+            // itself (after the file it is about, where there is one),
+            // without clap's `error:` label; clap's usage lines follow.
+            let text = e.render().to_string();
+            eprint!("{}", text.strip_prefix("error: ").unwrap_or(&text));
+            return 2;
+        }
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() { 2 } else { 0 };
+            return 0;
         }
     };
     // One current-thread runtime per core (`TOLLGATE_WORKERS` overrides the

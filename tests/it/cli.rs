@@ -148,9 +148,22 @@ fn check_refuses_a_prefix_ending_in_a_slash() {
 }
 
 #[test]
-fn usage_errors_exit_2() {
+fn usage_errors_exit_2_in_the_style_of_every_other_error() {
     let out = tollgate(&["serve", "--bogus"], None);
     assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with("unexpected argument '--bogus' found"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("Usage: tollgate serve"), "{stderr}");
+    let out = tollgate(&["token", "rotate", "x", "--overlap", "soon"], None);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with("invalid value 'soon' for '--overlap <DURATION>'"),
+        "{stderr}"
+    );
 }
 
 #[test]
