@@ -72,6 +72,18 @@ const NOT_PARKING: u8 = 0;
 const PARKING: u8 = 1;
 const PARK_INTERRUPTED: u8 = 2;
 
+/// What a connection's watchdog enforces besides the two waits; both only
+/// where the transport is [`Watched`] (HTTP/1).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Watch {
+    /// `timeouts.send`: how long writes to the client may stay blocked
+    /// while a request is in flight; `None`: no limit.
+    pub send: Option<Duration>,
+    /// Idle this long, the connection parks ([`serve_watched`] hands it
+    /// back to be parked); `None`: never.
+    pub park_after: Option<Duration>,
+}
+
 /// What the watchdog found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Due {
@@ -92,6 +104,16 @@ pub enum Start {
 
 impl Activity {
     pub fn new(header_read: Duration, idle: Duration, start: Start) -> Arc<Self> {
+        Self::watching(header_read, idle, start, Watch::default())
+    }
+
+    /// An activity whose watchdog also enforces `watch`.
+    pub fn watching(
+        header_read: Duration,
+        idle: Duration,
+        start: Start,
+        watch: Watch,
+    ) -> Arc<Self> {
         let header_read = micros(header_read);
         let idle = micros(idle);
         let deadline = match start {
@@ -104,9 +126,9 @@ impl Activity {
             deadline: AtomicU64::new(deadline),
             header_read,
             idle: AtomicU64::new(idle),
-            send: u64::MAX >> 2,
+            send: watch.send.map_or(u64::MAX >> 2, micros),
             write_blocked: AtomicU64::new(0),
-            park_after: 0,
+            park_after: watch.park_after.map_or(0, |p| micros(p).max(1)),
             parking: AtomicU8::new(NOT_PARKING),
         })
     }
@@ -114,21 +136,6 @@ impl Activity {
     /// A parked connection serves again.
     pub fn resume(&self) {
         self.parking.store(NOT_PARKING, Ordering::Relaxed);
-    }
-
-    /// Parks the connection after `park_after` without a request
-    /// (HTTP/1: [`serve_watched`] hands it back to be parked).
-    pub fn with_park_after(self: Arc<Self>, park_after: Duration) -> Arc<Self> {
-        let mut activity = Arc::into_inner(self).expect("set before the activity is shared");
-        activity.park_after = micros(park_after).max(1);
-        Arc::new(activity)
-    }
-
-    /// Sets `timeouts.send` (HTTP/1: the transport reports blocked writes).
-    pub fn with_send(self: Arc<Self>, send: Duration) -> Arc<Self> {
-        let mut activity = Arc::into_inner(self).expect("set before the activity is shared");
-        activity.send = micros(send);
-        Arc::new(activity)
     }
 
     /// A write to the client could not go through: the client is not
@@ -605,7 +612,15 @@ mod tests {
 
     #[test]
     fn a_request_in_flight_expires_only_once_writes_stay_blocked_past_send() {
-        let activity = Activity::new(SECOND, 60 * SECOND, Start::Idle).with_send(20 * MS);
+        let activity = Activity::watching(
+            SECOND,
+            60 * SECOND,
+            Start::Idle,
+            Watch {
+                send: Some(20 * MS),
+                park_after: None,
+            },
+        );
         let request = activity.begin();
         std::thread::sleep(30 * MS);
         assert!(
@@ -708,7 +723,15 @@ mod tests {
 
     #[tokio::test]
     async fn an_idle_connection_parks_after_park_after_and_a_park_waits_out_the_idle_limit() {
-        let activity = Activity::new(100 * MS, 500 * MS, Start::Idle).with_park_after(100 * MS);
+        let activity = Activity::watching(
+            100 * MS,
+            500 * MS,
+            Start::Idle,
+            Watch {
+                send: None,
+                park_after: Some(100 * MS),
+            },
+        );
         drop(activity.begin());
         let started = Instant::now();
         // A connection that ends as soon as it is told to stop, as an idle
@@ -762,7 +785,15 @@ mod tests {
     #[tokio::test]
     async fn a_parked_connection_resumes_with_its_first_byte_read_again() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let activity = Activity::new(SECOND, 60 * SECOND, Start::Idle).with_park_after(MS);
+        let activity = Activity::watching(
+            SECOND,
+            60 * SECOND,
+            Start::Idle,
+            Watch {
+                send: None,
+                park_after: Some(MS),
+            },
+        );
         drop(activity.begin());
         activity.parking.store(PARKING, Ordering::Relaxed);
         let (mut client, server) = tokio::io::duplex(64);

@@ -41,7 +41,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use self::accept::{Backoff, Slots};
-use self::activity::{Activity, Served, Start, Unparsable, Watched};
+use self::activity::{Activity, Served, Start, Unparsable, Watch, Watched};
 use crate::gateway::{Conn, Gateway};
 
 /// Binds a TCP listener with `SO_REUSEADDR` (so a restart does not wait for
@@ -287,14 +287,13 @@ async fn run_http<I>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let start = if h2 { Start::Idle } else { Start::Head };
-    let activity = Activity::new(limits.header_read, limits.idle, start).with_send(limits.send);
-    // HTTP/2 keeps its connection state; an idle HTTP/1.1 connection
-    // parks (below).
-    let activity = if h2 {
-        activity
-    } else {
-        activity.with_park_after(PARK_AFTER)
+    // The transport of HTTP/1.1 reports blocked writes, and an idle
+    // HTTP/1.1 connection parks (below); HTTP/2 keeps its own state.
+    let watch = Watch {
+        send: (!h2).then_some(limits.send),
+        park_after: (!h2).then_some(PARK_AFTER),
     };
+    let activity = Activity::watching(limits.header_read, limits.idle, start, watch);
     let requests = activity.clone();
     let unparsable = Refuser {
         gateway: gateway.clone(),
@@ -474,5 +473,30 @@ mod tests {
         let task = serve_connection(gateway, stream, addr, 0, stopped);
         let size = std::mem::size_of_val(&task);
         assert!(size < 3 * 1024, "{size} bytes");
+    }
+
+    #[test]
+    fn each_status_hyper_refuses_with_gets_its_contract_answer_and_nothing_else_is_replaced() {
+        let gateway = gateway();
+        let conn = Conn::new("127.0.0.1:4000".parse().unwrap(), false);
+        for (status, code) in [
+            (400, "bad_request"),
+            (414, "uri_too_long"),
+            (431, "headers_too_large"),
+        ] {
+            let bytes = gateway.unparsable(&conn, status).unwrap();
+            let text = String::from_utf8(bytes.to_vec()).unwrap();
+            let (head, body) = text.split_once("\r\n\r\n").unwrap();
+            assert!(head.starts_with(&format!("HTTP/1.1 {status} ")), "{head}");
+            assert!(head.contains("\r\nx-request-id: "), "{head}");
+            assert!(head.contains("\r\nconnection: close"), "{head}");
+            assert!(
+                head.contains(&format!("\r\ncontent-length: {}", body.len())),
+                "{head}"
+            );
+            let json: serde_json::Value = serde_json::from_str(body).unwrap();
+            assert_eq!(json["error"], code);
+        }
+        assert!(gateway.unparsable(&conn, 505).is_none());
     }
 }
