@@ -68,6 +68,19 @@ pub enum Change {
     },
 }
 
+impl Change {
+    /// For a rotation with an overlap, the id the old secret is kept under.
+    pub(crate) fn previous(&self, id: &TokenId) -> Result<Option<TokenId>, SourceError> {
+        match self {
+            Change::Rotate {
+                previous_until: Some(_),
+                ..
+            } => previous_id(id).map(Some),
+            _ => Ok(None),
+        }
+    }
+}
+
 /// The id the old secret of a rotation with an overlap is kept under.
 pub fn previous_id(id: &TokenId) -> Result<TokenId, SourceError> {
     TokenId::parse(&format!("{id}.previous")).map_err(|problem| {

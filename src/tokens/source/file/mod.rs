@@ -24,7 +24,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 
-use super::{overlap_expiry, previous_id, Change, Fingerprint, SourceError};
+use super::{overlap_expiry, Change, Fingerprint, SourceError};
 use crate::config::ConfigErrors;
 use crate::tokens::{TokenId, TokenIndex, TokenRecord};
 use disk::{is_blank, leading_comments, read_existing, read_text, write_atomic};
@@ -191,13 +191,7 @@ impl FileSource {
         let id = id.clone();
         let path = self.path.clone();
         let change = change.clone();
-        let previous = match &change {
-            Change::Rotate {
-                previous_until: Some(_),
-                ..
-            } => Some(previous_id(&id)?),
-            _ => None,
-        };
+        let previous = change.previous(&id)?;
         self.update(move |specs, records| {
             let at = specs
                 .iter()

@@ -20,7 +20,7 @@ use tokio::sync::{Notify, OnceCell};
 use tokio::task::AbortHandle;
 
 use super::sql::{self, InvalidRow, Stored};
-use super::{previous_id, Change, Fingerprint, Loaded, SourceError};
+use super::{Change, Fingerprint, Loaded, SourceError};
 use crate::tokens::split::SplitTokens;
 use crate::tokens::{TokenId, TokenIndex, TokenRecord};
 
@@ -35,6 +35,23 @@ pub const CHANNEL: &str = "tollgate_tokens";
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const MAX_CONNECTIONS: u32 = 3;
+/// [`Change`]'s statements: times are `timestamptz`.
+const CHANGE_SQL: sql::ChangeSql = sql::ChangeSql {
+    disable: "UPDATE tollgate_tokens SET disabled = $2, updated_at = $3 WHERE id = $1",
+    delete: "DELETE FROM tollgate_tokens WHERE id = $1",
+    rehash: "UPDATE tollgate_tokens SET sha256 = $2, updated_at = $3 WHERE id = $1",
+    rename: "UPDATE tollgate_tokens SET id = $2 WHERE id = $1",
+    copy: concat!(
+        "INSERT INTO tollgate_tokens (id, sha256, ",
+        sql::copied_columns!(),
+        ", updated_at, last_used_at) SELECT $1, $2, ",
+        sql::copied_columns!(),
+        ", $3, NULL FROM tollgate_tokens WHERE id = $4"
+    ),
+    cap_expiry: "UPDATE tollgate_tokens SET expires_at = $2, updated_at = $3 WHERE id = $1 \
+                 AND (expires_at IS NULL OR expires_at > $2)",
+};
+
 /// Tokens in a PostgreSQL database.
 pub struct PostgresSource {
     /// The parsed URL (boxed: it is large and read once per connection);
@@ -221,97 +238,24 @@ impl PostgresSource {
     /// trigger announces it at commit, so running gateways see it at once.
     pub async fn change(&self, id: &TokenId, change: &Change) -> Result<(), SourceError> {
         self.writable()?;
-        let previous = match change {
-            Change::Rotate {
-                previous_until: Some(_),
-                ..
-            } => Some(previous_id(id)?),
-            _ => None,
-        };
+        let previous = change.previous(id)?;
+        let previous = previous.as_ref().map_or("", TokenId::as_str);
         let pool = self.pool().await?;
         let now = sql::now();
         let run = async {
             let mut tx = pool.begin().await?;
-            let found = match change {
-                Change::Disabled(disabled) => sqlx::query(
-                    "UPDATE tollgate_tokens SET disabled = $2, updated_at = $3 WHERE id = $1",
-                )
-                .bind(id.as_str())
-                .bind(*disabled)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected(),
-                Change::Delete => sqlx::query("DELETE FROM tollgate_tokens WHERE id = $1")
-                    .bind(id.as_str())
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected(),
-                Change::Rotate {
-                    hash,
-                    previous_until: None,
-                } => sqlx::query(
-                    "UPDATE tollgate_tokens SET sha256 = $2, updated_at = $3 WHERE id = $1",
-                )
-                .bind(id.as_str())
-                .bind(hash.to_hex())
-                .bind(now)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected(),
-                Change::Rotate {
-                    hash,
-                    previous_until: Some(until),
-                } => {
-                    let previous = previous.as_ref().map(TokenId::as_str).unwrap_or_default();
-                    sqlx::query("DELETE FROM tollgate_tokens WHERE id = $1")
-                        .bind(previous)
-                        .execute(&mut *tx)
-                        .await?;
-                    let found = sqlx::query("UPDATE tollgate_tokens SET id = $2 WHERE id = $1")
-                        .bind(id.as_str())
-                        .bind(previous)
-                        .execute(&mut *tx)
-                        .await?
-                        .rows_affected();
-                    if found == 1 {
-                        sqlx::query(&format!(
-                            "INSERT INTO tollgate_tokens (id, sha256, {c}, updated_at, last_used_at) \
-                             SELECT $1, $2, {c}, $3, NULL FROM tollgate_tokens WHERE id = $4",
-                            c = sql::COPIED_COLUMNS
-                        ))
-                        .bind(id.as_str())
-                        .bind(hash.to_hex())
-                        .bind(now)
-                        .bind(previous)
-                        .execute(&mut *tx)
-                        .await?;
-                        sqlx::query(
-                            "UPDATE tollgate_tokens SET expires_at = $2, updated_at = $3 WHERE id = $1 \
-                             AND (expires_at IS NULL OR expires_at > $2)",
-                        )
-                        .bind(previous)
-                        .bind(*until)
-                        .bind(now)
-                        .execute(&mut *tx)
-                        .await?;
-                    }
-                    found
-                }
-            };
-            // Ended explicitly either way: a dropped transaction would
-            // leave its connection idle in the transaction, holding locks.
-            if found > 0 {
-                tx.commit().await?;
-            } else {
-                tx.rollback().await?;
-            }
+            let found = sql::apply_change!(
+                tx,
+                CHANGE_SQL,
+                id.as_str(),
+                previous,
+                change,
+                now,
+                std::convert::identity
+            );
             Ok::<_, sqlx::Error>(found)
         };
-        match run.await.map_err(|e| self.db_error(e))? {
-            0 => Err(sql::no_such_token(id.as_str())),
-            _ => Ok(()),
-        }
+        sql::changed(run.await.map_err(|e| self.db_error(e))?, id.as_str())
     }
 
     /// Moves `last_used_at` forward for these ids in one statement, without

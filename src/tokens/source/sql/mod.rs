@@ -185,10 +185,116 @@ pub(crate) fn conflict(new_id: &str, existing: Option<String>) -> SourceError {
 }
 
 /// The error for `revoke` of an id that is not there.
+/// The statements of a [`Change`](super::Change) in one database's
+/// dialect; parameters as [`apply_change!`] binds them.
+pub(crate) struct ChangeSql {
+    /// `id`, `disabled`, now.
+    pub disable: &'static str,
+    /// `id`.
+    pub delete: &'static str,
+    /// `id`, the new `sha256`, now.
+    pub rehash: &'static str,
+    /// `id`, the id to give the row.
+    pub rename: &'static str,
+    /// The new `id`, the new `sha256`, now, the id of the row to copy.
+    pub copy: &'static str,
+    /// `id`, the latest expiry, now: lowers `expires_at` to it.
+    pub cap_expiry: &'static str,
+}
+
 /// The columns a rotation copies from the old row into the new one, after
-/// `id, sha256` (both sources' `INSERT … SELECT`).
-pub(crate) const COPIED_COLUMNS: &str = "scopes, read_only, expires_at, allowed_ips, \
-     rate_requests, rate_per_ms, rate_burst, disabled, description, created_at";
+/// `id, sha256`.
+macro_rules! copied_columns {
+    () => {
+        "scopes, read_only, expires_at, allowed_ips, rate_requests, rate_per_ms, \
+         rate_burst, disabled, description, created_at"
+    };
+}
+pub(crate) use copied_columns;
+
+/// Applies `change` to the token `id` inside the transaction `tx`, with
+/// one database's statements (`sql`), its value of now (`now`) and its
+/// conversion of a time (`time`); ends the transaction explicitly (a
+/// dropped one would leave its connection idle in it, holding locks) and
+/// evaluates to the rows found (0: no such token). `previous` is
+/// [`Change::previous`](super::Change::previous)'s id, or `""`.
+macro_rules! apply_change {
+    ($tx:ident, $sql:expr, $id:expr, $previous:expr, $change:expr, $now:expr, $time:expr) => {{
+        use $crate::tokens::source::Change;
+        let id: &str = $id;
+        let found = match $change {
+            Change::Disabled(disabled) => sqlx::query($sql.disable)
+                .bind(id)
+                .bind(*disabled)
+                .bind($now)
+                .execute(&mut *$tx)
+                .await?
+                .rows_affected(),
+            Change::Delete => sqlx::query($sql.delete)
+                .bind(id)
+                .execute(&mut *$tx)
+                .await?
+                .rows_affected(),
+            Change::Rotate {
+                hash,
+                previous_until: None,
+            } => sqlx::query($sql.rehash)
+                .bind(id)
+                .bind(hash.to_hex())
+                .bind($now)
+                .execute(&mut *$tx)
+                .await?
+                .rows_affected(),
+            Change::Rotate {
+                hash,
+                previous_until: Some(until),
+            } => {
+                let previous: &str = $previous;
+                sqlx::query($sql.delete)
+                    .bind(previous)
+                    .execute(&mut *$tx)
+                    .await?;
+                let found = sqlx::query($sql.rename)
+                    .bind(id)
+                    .bind(previous)
+                    .execute(&mut *$tx)
+                    .await?
+                    .rows_affected();
+                if found == 1 {
+                    sqlx::query($sql.copy)
+                        .bind(id)
+                        .bind(hash.to_hex())
+                        .bind($now)
+                        .bind(previous)
+                        .execute(&mut *$tx)
+                        .await?;
+                    sqlx::query($sql.cap_expiry)
+                        .bind(previous)
+                        .bind($time(*until))
+                        .bind($now)
+                        .execute(&mut *$tx)
+                        .await?;
+                }
+                found
+            }
+        };
+        if found > 0 {
+            $tx.commit().await?;
+        } else {
+            $tx.rollback().await?;
+        }
+        found
+    }};
+}
+pub(crate) use apply_change;
+
+/// What a change that found `found` rows means.
+pub(crate) fn changed(found: u64, id: &str) -> Result<(), SourceError> {
+    match found {
+        0 => Err(no_such_token(id)),
+        _ => Ok(()),
+    }
+}
 
 pub(crate) fn no_such_token(id: &str) -> SourceError {
     SourceError::Invalid(format!("no token with id {id:?}"))

@@ -18,7 +18,7 @@ use sqlx::{Connection, Executor, Statement};
 use time::OffsetDateTime;
 
 use super::sql::{self, InvalidRow, Stored};
-use super::{previous_id, Change, SourceError};
+use super::{Change, SourceError};
 use crate::tokens::split::SplitTokens;
 use crate::tokens::{TokenId, TokenIndex, TokenRecord};
 
@@ -43,6 +43,23 @@ const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS tollgate_tokens (
     updated_at    TEXT,
     last_used_at  TEXT
 )";
+
+/// [`Change`]'s statements: times are RFC 3339 text, compared as Julian days.
+const CHANGE_SQL: sql::ChangeSql = sql::ChangeSql {
+    disable: "UPDATE tollgate_tokens SET disabled = ?2, updated_at = ?3 WHERE id = ?1",
+    delete: "DELETE FROM tollgate_tokens WHERE id = ?1",
+    rehash: "UPDATE tollgate_tokens SET sha256 = ?2, updated_at = ?3 WHERE id = ?1",
+    rename: "UPDATE tollgate_tokens SET id = ?2 WHERE id = ?1",
+    copy: concat!(
+        "INSERT INTO tollgate_tokens (id, sha256, ",
+        sql::copied_columns!(),
+        ", updated_at, last_used_at) SELECT ?1, ?2, ",
+        sql::copied_columns!(),
+        ", ?3, NULL FROM tollgate_tokens WHERE id = ?4"
+    ),
+    cap_expiry: "UPDATE tollgate_tokens SET expires_at = ?2, updated_at = ?3 WHERE id = ?1 \
+                 AND (expires_at IS NULL OR julianday(expires_at) > julianday(?2))",
+};
 
 /// Tokens in a SQLite database file.
 pub struct SqliteSource {
@@ -225,97 +242,24 @@ impl SqliteSource {
     /// Applies `change` in one transaction; an unknown id is an error.
     pub async fn change(&self, id: &TokenId, change: &Change) -> Result<(), SourceError> {
         self.writable()?;
-        let previous = match change {
-            Change::Rotate {
-                previous_until: Some(_),
-                ..
-            } => Some(previous_id(id)?),
-            _ => None,
-        };
+        let previous = change.previous(id)?;
+        let previous = previous.as_ref().map_or("", TokenId::as_str);
         let pool = self.pool().await?;
         let now = sql::format_time(sql::now());
         let run = async {
             let mut tx = pool.begin().await?;
-            let found = match change {
-                Change::Disabled(disabled) => sqlx::query(
-                    "UPDATE tollgate_tokens SET disabled = ?2, updated_at = ?3 WHERE id = ?1",
-                )
-                .bind(id.as_str())
-                .bind(*disabled)
-                .bind(&now)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected(),
-                Change::Delete => sqlx::query("DELETE FROM tollgate_tokens WHERE id = ?1")
-                    .bind(id.as_str())
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected(),
-                Change::Rotate {
-                    hash,
-                    previous_until: None,
-                } => sqlx::query(
-                    "UPDATE tollgate_tokens SET sha256 = ?2, updated_at = ?3 WHERE id = ?1",
-                )
-                .bind(id.as_str())
-                .bind(hash.to_hex())
-                .bind(&now)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected(),
-                Change::Rotate {
-                    hash,
-                    previous_until: Some(until),
-                } => {
-                    let previous = previous.as_ref().map(TokenId::as_str).unwrap_or_default();
-                    sqlx::query("DELETE FROM tollgate_tokens WHERE id = ?1")
-                        .bind(previous)
-                        .execute(&mut *tx)
-                        .await?;
-                    let found = sqlx::query("UPDATE tollgate_tokens SET id = ?2 WHERE id = ?1")
-                        .bind(id.as_str())
-                        .bind(previous)
-                        .execute(&mut *tx)
-                        .await?
-                        .rows_affected();
-                    if found == 1 {
-                        sqlx::query(&format!(
-                            "INSERT INTO tollgate_tokens (id, sha256, {c}, updated_at, last_used_at) \
-                             SELECT ?1, ?2, {c}, ?3, NULL FROM tollgate_tokens WHERE id = ?4",
-                            c = sql::COPIED_COLUMNS
-                        ))
-                        .bind(id.as_str())
-                        .bind(hash.to_hex())
-                        .bind(&now)
-                        .bind(previous)
-                        .execute(&mut *tx)
-                        .await?;
-                        sqlx::query(
-                            "UPDATE tollgate_tokens SET expires_at = ?2, updated_at = ?3 WHERE id = ?1 \
-                             AND (expires_at IS NULL OR julianday(expires_at) > julianday(?2))",
-                        )
-                        .bind(previous)
-                        .bind(sql::format_time(*until))
-                        .bind(&now)
-                        .execute(&mut *tx)
-                        .await?;
-                    }
-                    found
-                }
-            };
-            // Ended explicitly either way: a dropped transaction would
-            // leave its connection idle in the transaction, holding locks.
-            if found > 0 {
-                tx.commit().await?;
-            } else {
-                tx.rollback().await?;
-            }
+            let found = sql::apply_change!(
+                tx,
+                CHANGE_SQL,
+                id.as_str(),
+                previous,
+                change,
+                &now,
+                sql::format_time
+            );
             Ok::<_, sqlx::Error>(found)
         };
-        match run.await.map_err(|e| self.db_error(e))? {
-            0 => Err(sql::no_such_token(id.as_str())),
-            _ => Ok(()),
-        }
+        sql::changed(run.await.map_err(|e| self.db_error(e))?, id.as_str())
     }
 
     /// Moves `last_used_at` forward for these ids, in one transaction. A
