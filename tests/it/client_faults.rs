@@ -149,12 +149,7 @@ async fn a_client_that_stops_reading_is_disconnected_after_the_send_timeout_free
     let noted = closed.clone();
     tokio::spawn(async move {
         let (mut stream, _) = listener.accept().await.unwrap();
-        let mut head = Vec::new();
-        let mut buf = [0u8; 4096];
-        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-            let n = stream.read(&mut buf).await.unwrap();
-            head.extend_from_slice(&buf[..n]);
-        }
+        read_head(&mut stream, &mut Vec::new()).await.unwrap();
         let size = 1u64 << 30;
         let start = format!("HTTP/1.1 200 OK\r\ncontent-length: {size}\r\n\r\n");
         stream.write_all(start.as_bytes()).await.unwrap();

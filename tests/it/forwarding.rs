@@ -220,7 +220,7 @@ async fn keep_alive_connections_to_the_upstream_are_reused() {
 async fn a_keep_alive_connection_the_upstream_closed_while_idle_is_not_reused() {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     // An upstream that promises keep-alive, then closes each connection
     // 50 ms after its one answer (an idle timeout shorter than the gap).
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -231,13 +231,8 @@ async fn a_keep_alive_connection_the_upstream_closed_while_idle_is_not_reused() 
         while let Ok((mut stream, _)) = listener.accept().await {
             counter.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
+                if read_head(&mut stream, &mut Vec::new()).await.is_none() {
+                    return;
                 }
                 let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
                 let _ = stream.write_all(answer).await;
@@ -316,7 +311,7 @@ struct CloseByDefault {
 impl CloseByDefault {
     async fn start() -> Self {
         use std::sync::atomic::Ordering;
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::io::AsyncWriteExt;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let up = CloseByDefault {
             addr: listener.local_addr().unwrap(),
@@ -330,19 +325,8 @@ impl CloseByDefault {
                 let seen = seen.clone();
                 tokio::spawn(async move {
                     let mut pending = Vec::new();
-                    let mut buf = [0u8; 4096];
-                    loop {
-                        let end = loop {
-                            if let Some(i) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
-                                break i + 4;
-                            }
-                            match stream.read(&mut buf).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => pending.extend_from_slice(&buf[..n]),
-                            }
-                        };
-                        let head = String::from_utf8_lossy(&pending[..end]).to_ascii_lowercase();
-                        pending.drain(..end);
+                    while let Some(head) = read_head(&mut stream, &mut pending).await {
+                        let head = head.to_ascii_lowercase();
                         let keep = head.contains("\r\nconnection: keep-alive\r\n");
                         seen.lock().unwrap().push(head);
                         let answer: &[u8] = if keep {
@@ -402,20 +386,15 @@ async fn send_keep_alive_keeps_a_close_by_default_upstream_on_one_connection() {
 
 #[tokio::test]
 async fn an_http_1_0_upstream_is_answered_to_an_http_1_1_client_in_http_1_1_on_a_kept_connection() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     // Like Python's http.server: answers in HTTP/1.0 and closes.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
+                if read_head(&mut stream, &mut Vec::new()).await.is_none() {
+                    return;
                 }
                 let answer =
                     b"HTTP/1.0 200 OK\r\nServer: SimpleHTTP/0.6\r\ncontent-length: 2\r\n\r\nok";

@@ -377,6 +377,24 @@ impl Raw {
     }
 }
 
+/// For hand-written upstreams: reads until `pending` holds a whole request
+/// head, takes it out and returns it; `None` when the peer closed first.
+/// Bytes after the head stay in `pending` (a pipelined request).
+pub async fn read_head(stream: &mut TcpStream, pending: &mut Vec<u8>) -> Option<String> {
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(i) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&pending[..i + 4]).into_owned();
+            pending.drain(..i + 4);
+            return Some(head);
+        }
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => pending.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
 /// Sends `request` bytes exactly as given and reads one response.
 pub async fn raw(addr: SocketAddr, request: &[u8]) -> Raw {
     let mut stream = TcpStream::connect(addr).await.unwrap();
