@@ -2,7 +2,12 @@
 //!
 //! The token loader re-reads its source when the source announces a change
 //! and every `refresh_interval`; before the first success it retries with
-//! backoff. A failed load or config keeps what is serving and says why.
+//! backoff. A source that names the tokens that changed (PostgreSQL's
+//! table) has just those read and applied beside the loaded index, so a
+//! change costs the same at ten tokens and at ten million; the periodic
+//! check then takes the source's fingerprint afresh, and a full load
+//! (which empties the changes) happens when the listener may have missed
+//! one, or when the changes since the last full load pile up. A failed load or config keeps what is serving and says why.
 //! The loader also owns writing `last_used_at` back (every
 //! [`FLUSH_INTERVAL`], and on demand), since it owns the source.
 //! Invariant: only complete, validated results are swapped in, and a
@@ -12,14 +17,14 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::config::{self, TokenSourceSettings};
 use crate::gateway::Gateway;
 use crate::policy::Policy;
-use crate::tokens::source::{Fingerprint, Loaded};
+use crate::tokens::source::{Announced, Fingerprint, Loaded};
 use crate::tokens::usage::FLUSH_INTERVAL;
 use crate::tokens::{Source, TokenIndex};
 
@@ -27,6 +32,9 @@ use crate::tokens::{Source, TokenIndex};
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// Change notifications arriving within this window are loaded once.
 const COALESCE: Duration = Duration::from_millis(25);
+/// Tokens changed since the last full load beyond which the next change
+/// is applied by a full load instead (which starts the count again).
+const MAX_CHANGES: usize = 10_000;
 /// How often a replaced index still held by a request is checked on.
 const RELEASE_POLL: Duration = Duration::from_millis(50);
 
@@ -37,7 +45,7 @@ type FlushRequest = oneshot::Sender<Result<usize, String>>;
 /// The running token loader and the config it was started from.
 struct Loader {
     settings: TokenSourceSettings,
-    kick: Arc<Notify>,
+    kick: Arc<Announced>,
     flush: mpsc::Sender<FlushRequest>,
     task: JoinHandle<()>,
 }
@@ -65,12 +73,12 @@ impl Control {
         let mut loader = self.loader.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(l) = loader.as_ref() {
             if l.settings == settings {
-                l.kick.notify_one();
+                l.kick.anything();
                 return;
             }
             l.task.abort();
         }
-        let kick = Arc::new(Notify::new());
+        let kick = Arc::new(Announced::default());
         let (flush, flushes) = mpsc::channel(4);
         let task = tokio::spawn(load_loop(
             self.gateway.clone(),
@@ -157,7 +165,7 @@ async fn load_new_source(settings: &TokenSourceSettings) -> Result<TokenIndex, S
 async fn load_loop(
     gateway: Arc<Gateway>,
     settings: TokenSourceSettings,
-    kick: Arc<Notify>,
+    kick: Arc<Announced>,
     mut flushes: mpsc::Receiver<FlushRequest>,
 ) {
     let source = match Source::open(&settings) {
@@ -177,14 +185,20 @@ async fn load_loop(
     // failure is logged; the load reports the source as down and retries.
     let mut schema_ready = false;
     let mut fingerprint = None;
+    // Tokens were applied one by one since `fingerprint` was taken, so it
+    // no longer describes the index serving.
+    let mut applied_since = false;
     let mut backoff = FIRST_BACKOFF;
     let mut next_load = Instant::now();
     let mut flush_tick = tokio::time::interval_at(Instant::now() + FLUSH_INTERVAL, FLUSH_INTERVAL);
     flush_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
-        tokio::select! {
-            _ = tokio::time::sleep_until(next_load) => {}
-            _ = kick.notified() => tokio::time::sleep(COALESCE).await,
+        let due = tokio::select! {
+            _ = tokio::time::sleep_until(next_load) => true,
+            _ = kick.notified() => {
+                tokio::time::sleep(COALESCE).await;
+                false
+            }
             _ = flush_tick.tick() => {
                 if let Err(error) = flush(&gateway, &source).await {
                     tracing::warn!(%error, "cannot record token use; will retry");
@@ -195,14 +209,46 @@ async fn load_loop(
                 let _ = reply.send(flush(&gateway, &source).await);
                 continue;
             }
-        }
+        };
         if !schema_ready {
             match source.ensure_schema().await {
                 Ok(()) => schema_ready = true,
                 Err(error) => tracing::warn!(%error, "cannot create the token table"),
             }
         }
-        let ok = load_once(&gateway, &source, &mut fingerprint).await;
+        let announced = kick.take();
+        let mut in_full = announced.anything;
+        if !in_full && !announced.ids.is_empty() {
+            let ids: Vec<String> = announced.ids.into_iter().collect();
+            if apply_changes(&gateway, &source, &ids).await {
+                applied_since = true;
+            } else {
+                in_full = true;
+            }
+        }
+        if !in_full && !due {
+            continue;
+        }
+        let ok = if !in_full && applied_since {
+            // Every change since the last fingerprint was announced and
+            // applied: this state is the new reference.
+            let taken = source.fingerprint().await;
+            gateway
+                .retained
+                .metrics
+                .token_source_up
+                .set(i64::from(taken.is_some()));
+            if taken.is_none() {
+                tracing::warn!("token source unavailable; keeping the index serving");
+            }
+            applied_since &= taken.is_none();
+            fingerprint = taken.or(fingerprint);
+            !applied_since
+        } else {
+            let ok = load_once(&gateway, &source, &mut fingerprint, applied_since).await;
+            applied_since &= !ok;
+            ok
+        };
         let wait = if ok || gateway.current.load().tokens.is_some() {
             backoff = FIRST_BACKOFF;
             settings.refresh_interval
@@ -212,6 +258,39 @@ async fn load_loop(
             wait
         };
         next_load = Instant::now() + wait;
+    }
+}
+
+/// Reads the tokens `ids` name and applies them to the index serving;
+/// `false` when a full load must do it instead (the source reads only in
+/// full, no index serves yet, too many changes since the last full load,
+/// or the read failed).
+async fn apply_changes(gateway: &Gateway, source: &Source, ids: &[String]) -> bool {
+    let Some(serving) = gateway.current.load().tokens.clone() else {
+        return false;
+    };
+    if serving.changed_since_load() + ids.len() > MAX_CHANGES {
+        return false;
+    }
+    let changed = match source.read_tokens(ids).await {
+        Ok(Some(changed)) => changed,
+        Ok(None) => return false,
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the changed tokens; loading in full");
+            return false;
+        }
+    };
+    match serving.with_changes(changed) {
+        Ok(index) => {
+            tracing::debug!(tokens = ids.len(), "token changes applied");
+            gateway.retained.metrics.token_source_up.set(1);
+            install(gateway, index);
+            true
+        }
+        Err(error) => {
+            tracing::debug!(%error, "token changes conflict; loading in full");
+            false
+        }
     }
 }
 
@@ -229,17 +308,19 @@ async fn flush(gateway: &Gateway, source: &Source) -> Result<usize, String> {
 }
 
 /// One load; swaps the index in on success. `fingerprint` is that of the
-/// index serving (if the source takes fingerprints), updated here.
+/// index serving (if the source takes fingerprints), updated here; with
+/// `stale` it is not compared (tokens were applied since it was taken).
 async fn load_once(
     gateway: &Gateway,
     source: &Source,
     fingerprint: &mut Option<Fingerprint>,
+    stale: bool,
 ) -> bool {
     let metrics = &gateway.retained.metrics;
     // Only compare with the fingerprint of an index that is serving.
     let previous = fingerprint
         .take()
-        .filter(|_| gateway.current.load().tokens.is_some());
+        .filter(|_| !stale && gateway.current.load().tokens.is_some());
     match source
         .load_index(previous.as_ref(), |index| install(gateway, index))
         .await

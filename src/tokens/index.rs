@@ -3,7 +3,9 @@
 //!
 //! Built from a source's records off the request path — one record at a
 //! time, so a source can stream its rows straight in — and swapped in whole
-//! (see `snapshot`). Invariant: an index never holds a plaintext secret, and
+//! (see `policy::current`). A source that announces which tokens changed
+//! has them applied beside the loaded table (`TokenIndex::with_changes`),
+//! at a cost that does not grow with the table. Invariant: an index never holds a plaintext secret, and
 //! looking a token up is one SHA-256 and one hash probe — the digest is
 //! already uniformly distributed, so the table hashes it by taking its
 //! first eight bytes rather than hashing it again.
@@ -99,9 +101,9 @@ fn digest_hash(hash: &TokenHash) -> u64 {
     u64::from_ne_bytes(first)
 }
 
-/// Every token of one load, by hash and by id.
+/// Every token of one full load, by hash and by id.
 #[derive(Debug, Default)]
-pub struct TokenIndex {
+struct Table {
     entries: Vec<TokenEntry>,
     /// Positions in `entries`, hashed by [`digest_hash`].
     by_hash: HashTable<u32>,
@@ -126,21 +128,10 @@ pub struct IndexError {
     pub problem: &'static str,
 }
 
-impl TokenIndex {
-    /// Builds an index; all-or-nothing. Records were validated by their
-    /// source (ids and scopes are valid by type); this checks what the
-    /// index itself needs (unique ids and hashes).
-    pub fn build(records: Vec<TokenRecord>) -> Result<TokenIndex, IndexError> {
-        let mut builder = IndexBuilder::with_capacity(records.len());
-        for r in records {
-            builder.push(r)?;
-        }
-        Ok(builder.finish())
-    }
-
+impl Table {
     /// The entry for a presented token's hash.
     #[inline]
-    pub fn get(&self, hash: &TokenHash) -> Option<&TokenEntry> {
+    fn get(&self, hash: &TokenHash) -> Option<&TokenEntry> {
         let entries = &self.entries;
         self.by_hash
             .find(digest_hash(hash), |&i| entries[i as usize].hash == *hash)
@@ -149,14 +140,14 @@ impl TokenIndex {
 
     /// The split-token rules this index was built with.
     #[inline]
-    pub fn split_rules(&self) -> Option<&SplitTokens> {
+    fn split_rules(&self) -> Option<&SplitTokens> {
         self.split.as_deref()
     }
 
     /// The entry for a presented split token (`rules` claims it): every
     /// way it can be wrong — shape, key, pepper, digest — is `None`; the
     /// digest is compared in constant time.
-    pub fn get_split(&self, rules: &SplitTokens, token: &[u8]) -> Option<&TokenEntry> {
+    fn get_split(&self, rules: &SplitTokens, token: &[u8]) -> Option<&TokenEntry> {
         let (key, secret) = rules.parse(token)?;
         let keys = &self.split_keys;
         let &at = self.by_key.find(self.ids.hash_one(key.as_bytes()), |&i| {
@@ -170,7 +161,7 @@ impl TokenIndex {
 
     /// The split key of the token with this id, if it is a split token
     /// (a scan: for `explain`, not the request path).
-    pub fn split_key_of(&self, id: &str) -> Option<&SplitKey> {
+    fn split_key_of(&self, id: &str) -> Option<&SplitKey> {
         self.split_keys
             .iter()
             .find(|(at, _)| self.entries[*at as usize].id_str() == id)
@@ -178,13 +169,160 @@ impl TokenIndex {
     }
 
     /// The entry with this id.
-    pub fn find_id(&self, id: &str) -> Option<&TokenEntry> {
+    fn find_id(&self, id: &str) -> Option<&TokenEntry> {
         let entries = &self.entries;
         self.by_id
             .find(self.ids.hash_one(id.as_bytes()), |&i| {
                 entries[i as usize].id_str().as_bytes() == id.as_bytes()
             })
             .map(|&i| &entries[i as usize])
+    }
+
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+}
+
+/// The index requests are judged by: the table of the last full load,
+/// and the tokens changed since, announced one by one by the source.
+///
+/// A change is applied by building a new, small `Changes` beside the
+/// shared table, so applying one costs in proportion to the changes since
+/// the last full load, never to the table: a full load empties it again.
+#[derive(Debug, Default)]
+pub struct TokenIndex {
+    table: Arc<Table>,
+    /// `None` until a change arrives: the lookup then costs one branch.
+    changes: Option<Box<Changes>>,
+}
+
+/// Tokens changed since the table was loaded, and what they are now.
+#[derive(Debug)]
+struct Changes {
+    /// Each changed id's current record; `None`: deleted (or now an
+    /// invalid row, which authenticates nothing). These ids' entries in
+    /// the table are hidden.
+    records: HashMap<TokenId, Option<TokenRecord>>,
+    /// The `Some` records, indexed.
+    table: Table,
+    /// How many of `records`' ids the table holds.
+    hidden: usize,
+}
+
+impl Changes {
+    /// Whether the table's entry with this id is out of date.
+    #[inline]
+    fn hides(&self, entry: &TokenEntry) -> bool {
+        self.records.contains_key(entry.id_str())
+    }
+}
+
+impl TokenIndex {
+    /// Builds an index; all-or-nothing. Records were validated by their
+    /// source (ids and scopes are valid by type); this checks what the
+    /// index itself needs (unique ids and hashes).
+    pub fn build(records: Vec<TokenRecord>) -> Result<TokenIndex, IndexError> {
+        let mut builder = IndexBuilder::with_capacity(records.len());
+        for r in records {
+            builder.push(r)?;
+        }
+        Ok(builder.finish())
+    }
+
+    /// This index with `changed` applied: each id's current record, or
+    /// `None` where the token is gone. Shares the table; costs in
+    /// proportion to [`changed_since_load`](Self::changed_since_load). A
+    /// record whose hash or key another changed token has fails, and the
+    /// caller loads in full instead.
+    pub fn with_changes(
+        &self,
+        changed: impl IntoIterator<Item = (TokenId, Option<TokenRecord>)>,
+    ) -> Result<TokenIndex, IndexError> {
+        let mut records = self
+            .changes
+            .as_ref()
+            .map(|c| c.records.clone())
+            .unwrap_or_default();
+        // An id this index never had that is gone anyway (another
+        // schema's token, announced on the same channel) changes nothing.
+        for (id, now) in changed {
+            if now.is_some()
+                || records.contains_key(&id)
+                || self.table.find_id(id.as_str()).is_some()
+            {
+                records.insert(id, now);
+            }
+        }
+        let mut builder = IndexBuilder::with_capacity(records.len());
+        builder.split_rules(self.table.split.clone());
+        for record in records.values().flatten() {
+            builder.push(record.clone())?;
+        }
+        let hidden = records
+            .keys()
+            .filter(|id| self.table.find_id(id.as_str()).is_some())
+            .count();
+        Ok(TokenIndex {
+            table: self.table.clone(),
+            changes: Some(Box::new(Changes {
+                records,
+                table: builder.finish_table(),
+                hidden,
+            })),
+        })
+    }
+
+    /// How many tokens changed since the last full load.
+    pub fn changed_since_load(&self) -> usize {
+        self.changes.as_ref().map_or(0, |c| c.records.len())
+    }
+
+    /// The entry for a presented token's hash.
+    #[inline]
+    pub fn get(&self, hash: &TokenHash) -> Option<&TokenEntry> {
+        match &self.changes {
+            None => self.table.get(hash),
+            Some(c) => c
+                .table
+                .get(hash)
+                .or_else(|| self.table.get(hash).filter(|e| !c.hides(e))),
+        }
+    }
+
+    /// The split-token rules this index was built with.
+    #[inline]
+    pub fn split_rules(&self) -> Option<&SplitTokens> {
+        self.table.split_rules()
+    }
+
+    /// The entry for a presented split token (`rules` claims it): every
+    /// way it can be wrong — shape, key, pepper, digest — is `None`; the
+    /// digest is compared in constant time.
+    pub fn get_split(&self, rules: &SplitTokens, token: &[u8]) -> Option<&TokenEntry> {
+        match &self.changes {
+            None => self.table.get_split(rules, token),
+            Some(c) => c
+                .table
+                .get_split(rules, token)
+                .or_else(|| self.table.get_split(rules, token).filter(|e| !c.hides(e))),
+        }
+    }
+
+    /// The split key of the token with this id, if it is a split token
+    /// (a scan: for `explain`, not the request path).
+    pub fn split_key_of(&self, id: &str) -> Option<&SplitKey> {
+        match self.changes.as_ref().filter(|c| c.records.contains_key(id)) {
+            Some(c) => c.table.split_key_of(id),
+            None => self.table.split_key_of(id),
+        }
+    }
+
+    /// The entry with this id.
+    pub fn find_id(&self, id: &str) -> Option<&TokenEntry> {
+        match self.changes.as_ref().filter(|c| c.records.contains_key(id)) {
+            Some(c) => c.table.find_id(id),
+            None => self.table.find_id(id),
+        }
     }
 
     /// Whether a token with this id is in the index.
@@ -194,22 +332,31 @@ impl TokenIndex {
 
     /// Number of entries, disabled and expired ones included.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        match &self.changes {
+            None => self.table.len(),
+            Some(c) => self.table.len() - c.hidden + c.table.len(),
+        }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len() == 0
     }
 
     /// How many rows of the read this index was built from were skipped
     /// as invalid (always 0 for a token file, which is all-or-nothing).
     pub fn rows_invalid(&self) -> usize {
-        self.rows_invalid
+        self.table.rows_invalid
     }
 
     /// Every entry, in no particular order.
     pub fn entries(&self) -> impl Iterator<Item = &TokenEntry> {
-        self.entries.iter()
+        let changes = self.changes.as_deref();
+        let table = self
+            .table
+            .entries
+            .iter()
+            .filter(move |e| !changes.is_some_and(|c| c.hides(e)));
+        table.chain(changes.into_iter().flat_map(|c| c.table.entries.iter()))
     }
 }
 
@@ -217,7 +364,7 @@ impl TokenIndex {
 /// builder that returned an error must be dropped, never finished.
 #[derive(Debug)]
 pub struct IndexBuilder {
-    index: TokenIndex,
+    index: Table,
     scope_sets: HashMap<Vec<Scope>, Arc<ScopeSet>>,
     /// The chunk ids are being copied into.
     id_chunk: BytesMut,
@@ -233,7 +380,7 @@ impl IndexBuilder {
     /// A builder with room for `n` tokens (a hint; it grows past it).
     pub fn with_capacity(n: usize) -> Self {
         IndexBuilder {
-            index: TokenIndex {
+            index: Table {
                 entries: Vec::with_capacity(n),
                 by_hash: HashTable::with_capacity(n),
                 by_id: HashTable::with_capacity(n),
@@ -359,10 +506,17 @@ impl IndexBuilder {
 
     /// The finished index, trimmed to its size.
     pub fn finish(self) -> TokenIndex {
-        let mut index = self.index;
-        index.entries.shrink_to_fit();
-        index.split_keys.shrink_to_fit();
-        index
+        TokenIndex {
+            table: Arc::new(self.finish_table()),
+            changes: None,
+        }
+    }
+
+    fn finish_table(self) -> Table {
+        let mut table = self.index;
+        table.entries.shrink_to_fit();
+        table.split_keys.shrink_to_fit();
+        table
     }
 }
 
@@ -386,6 +540,7 @@ fn shared_id(chunk: &mut BytesMut, id: &TokenId) -> TokenId {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tokens::id::id;
 
     fn rec(id: &str, secret: &str, scopes: &[&str]) -> TokenRecord {
         TokenRecord::new(
@@ -448,6 +603,50 @@ mod tests {
         assert_eq!(idx.len(), 2);
         assert!(idx.get(&TokenHash::of(b"s2")).is_none());
         assert_eq!(idx.find_id("b").unwrap().id_str(), "b");
+    }
+
+    #[test]
+    fn changes_replace_add_and_remove_tokens_and_hide_the_old_entries() {
+        let base = TokenIndex::build(vec![
+            rec("a", "s1", &["x"]),
+            rec("b", "s2", &["x"]),
+            rec("c", "s3", &["x"]),
+        ])
+        .unwrap();
+        let mut revoked = rec("a", "s1", &["x"]);
+        revoked.disabled = true;
+        let idx = base
+            .with_changes([
+                (revoked.id.clone(), Some(revoked)),
+                (id("b"), None),
+                (id("never-here"), None),
+                (id("d"), Some(rec("d", "s4", &["y"]))),
+            ])
+            .unwrap();
+        assert!(idx.get(&TokenHash::of(b"s1")).unwrap().disabled);
+        assert!(idx.get(&TokenHash::of(b"s2")).is_none());
+        assert!(!idx.contains_id("b"));
+        assert_eq!(idx.get(&TokenHash::of(b"s4")).unwrap().id_str(), "d");
+        assert_eq!(idx.get(&TokenHash::of(b"s3")).unwrap().id_str(), "c");
+        assert_eq!(idx.len(), 3);
+        let mut ids: Vec<_> = idx.entries().map(|e| e.id_str()).collect();
+        ids.sort_unstable();
+        assert_eq!(ids, ["a", "c", "d"]);
+        // A rotated secret: the old one is refused, the new one found.
+        let later = idx
+            .with_changes([(id("c"), Some(rec("c", "s5", &["x"])))])
+            .unwrap();
+        assert!(later.get(&TokenHash::of(b"s3")).is_none());
+        assert_eq!(later.find_id("c").unwrap().hash(), &TokenHash::of(b"s5"));
+        assert_eq!(later.changed_since_load(), 4);
+        assert!(later.get(&TokenHash::of(b"s1")).unwrap().disabled);
+        // A token added by a change and then deleted is gone.
+        let gone = later.with_changes([(id("d"), None)]).unwrap();
+        assert!(gone.get(&TokenHash::of(b"s4")).is_none());
+        assert_eq!(gone.len(), 2);
+        // The base is untouched and shared.
+        assert!(!base.get(&TokenHash::of(b"s1")).unwrap().disabled);
+        assert!(Arc::ptr_eq(&base.table, &later.table));
     }
 
     #[test]

@@ -341,6 +341,74 @@ async fn postgres_a_token_created_by_the_cli_works_and_its_revocation_arrives_wi
     eprintln!("postgres revocation reached the gateway in {delay:?}");
 }
 
+/// How many tokens the serving index has applied one by one since its
+/// last full load.
+fn changed_since_load(gw: &Gw) -> usize {
+    let current = gw.launched.gateway.current.load();
+    current
+        .tokens
+        .as_ref()
+        .map_or(0, |t| t.changed_since_load())
+}
+
+#[tokio::test]
+async fn postgres_a_change_to_one_token_is_applied_alone_and_the_periodic_check_still_catches_the_rest(
+) {
+    let Some(pg) = Pg::new().await else { return };
+    let up = Upstream::start().await;
+    let gw = Gw::start_unready(&postgres_config(up.addr, &pg.url, "1s"), "").await;
+    let config = gw.path("gateway.yaml");
+    let kept = create(&config, "one-kept").await;
+    let doomed = create(&config, "one-doomed").await;
+    let hidden = create(&config, "one-hidden").await;
+    wait_ready(&gw, Duration::from_secs(10)).await;
+    // A notification that names no token asks for a full load, which
+    // starts from nothing changed.
+    pg.exec("NOTIFY tollgate_tokens").await;
+    within(Duration::from_secs(5), "a full load", || async {
+        status(&gw, &hidden).await == 200 && changed_since_load(&gw) == 0
+    })
+    .await;
+
+    revoke(&config, "one-doomed").await;
+    let delay = within(Duration::from_secs(5), "revoked token refused", || async {
+        status(&gw, &doomed).await == 401
+    })
+    .await;
+    assert!(delay < Duration::from_secs(1), "revocation took {delay:?}");
+    assert_eq!(changed_since_load(&gw), 1, "not applied on its own");
+    let fresh = create(&config, "one-fresh").await;
+    within(Duration::from_secs(1), "created token accepted", || async {
+        status(&gw, &fresh).await == 200
+    })
+    .await;
+    assert_eq!(
+        up.seen().last().unwrap().header("x-tollgate-token-id"),
+        Some("one-fresh")
+    );
+    // Periodic checks (every second) take the table's fingerprint afresh
+    // instead of re-reading it.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(changed_since_load(&gw), 2, "re-read in full");
+    assert_eq!(status(&gw, &kept).await, 200);
+
+    // A change no trigger announces is caught by the fingerprint.
+    pg.exec(
+        "BEGIN; ALTER TABLE tollgate_tokens DISABLE TRIGGER USER; \
+         UPDATE tollgate_tokens SET disabled = true WHERE id = 'one-hidden'; \
+         ALTER TABLE tollgate_tokens ENABLE TRIGGER USER; COMMIT",
+    )
+    .await;
+    within(Duration::from_secs(5), "unannounced revocation", || async {
+        status(&gw, &hidden).await == 401
+    })
+    .await;
+    assert_eq!(changed_since_load(&gw), 0, "not a full load");
+    assert_eq!(status(&gw, &kept).await, 200);
+    assert_eq!(status(&gw, &fresh).await, 200);
+    assert_eq!(status(&gw, &doomed).await, 401);
+}
+
 /// `tollgate token ARGS…` that must succeed; its stdout and stderr.
 async fn token(config: &Path, args: &[&str]) -> (String, String) {
     let mut all = vec!["token"];

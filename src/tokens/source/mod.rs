@@ -14,7 +14,8 @@ pub mod postgres;
 pub(crate) mod sql;
 pub mod sqlite;
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use time::OffsetDateTime;
 use tokio::sync::Notify;
@@ -115,6 +116,68 @@ pub enum Loaded {
     /// fingerprint of its rows where the source can take one.
     Applied(Option<Fingerprint>),
 }
+
+/// More announced token ids than this waiting at once are loaded in full.
+const MAX_PENDING_IDS: usize = 1_000;
+
+/// What a source's watcher has announced since the loader last looked:
+/// that anything may have changed (load in full), or which tokens did.
+#[derive(Debug, Default)]
+pub struct Announced {
+    wake: Notify,
+    pending: Mutex<Pending>,
+}
+
+/// Announcements not acted on yet.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Pending {
+    /// Anything may have changed: only a full load can tell what.
+    pub anything: bool,
+    /// Ids of tokens that changed (ids as the source wrote them, which a
+    /// row another application wrote may not make valid).
+    pub ids: HashSet<String>,
+}
+
+impl Announced {
+    /// Anything may have changed (a file was written, a listener
+    /// reconnected, a statement changed too many rows to name).
+    pub fn anything(&self) {
+        self.lock().anything = true;
+        self.wake.notify_one();
+    }
+
+    /// These tokens changed.
+    pub fn tokens(&self, ids: impl IntoIterator<Item = String>) {
+        {
+            let mut pending = self.lock();
+            pending.ids.extend(ids);
+            if pending.ids.len() > MAX_PENDING_IDS {
+                pending.ids = HashSet::new();
+                pending.anything = true;
+            }
+        }
+        self.wake.notify_one();
+    }
+
+    /// Waits for the next announcement (one made since the last `take` is
+    /// returned at once).
+    pub async fn notified(&self) {
+        self.wake.notified().await
+    }
+
+    /// What was announced since the last call.
+    pub fn take(&self) -> Pending {
+        std::mem::take(&mut *self.lock())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Changed tokens by id, each with its current record or `None` where it
+/// is gone.
+pub type Changed = Vec<(TokenId, Option<TokenRecord>)>;
 
 /// Every valid record of one complete read, and the rows it skipped.
 #[derive(Debug, Default)]
@@ -269,8 +332,29 @@ impl Source {
         }
     }
 
-    /// Starts watching for changes; `changed` is notified on each one.
-    pub fn watch(&self, changed: Arc<Notify>) {
+    /// The fingerprint of what a load would read now, without reading it
+    /// (PostgreSQL only; one scan on the server).
+    pub async fn fingerprint(&self) -> Option<Fingerprint> {
+        match self {
+            Source::Postgres(s) => s.fingerprint().await,
+            Source::File(_) | Source::Sqlite(_) => None,
+        }
+    }
+
+    /// The current records of `ids` (`None` where a token is gone or its
+    /// row is now invalid), read without reading any other token: how a
+    /// source that announces which tokens changed has them applied.
+    /// `Ok(None)`: this source reads only in full (a file, SQLite, a custom
+    /// query, whose rows are not found by token id).
+    pub async fn read_tokens(&self, ids: &[String]) -> Result<Option<Changed>, SourceError> {
+        match self {
+            Source::Postgres(s) => s.read_tokens(ids).await,
+            Source::File(_) | Source::Sqlite(_) => Ok(None),
+        }
+    }
+
+    /// Starts watching for changes and announcing them to `changed`.
+    pub fn watch(&self, changed: Arc<Announced>) {
         match self {
             Source::File(s) => s.watch(changed),
             Source::Sqlite(s) => s.watch(changed),

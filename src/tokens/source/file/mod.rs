@@ -22,9 +22,8 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use tokio::sync::Notify;
 
-use super::{overlap_expiry, Change, Fingerprint, SourceError};
+use super::{overlap_expiry, Announced, Change, Fingerprint, SourceError};
 use crate::config::ConfigErrors;
 use crate::tokens::{TokenId, TokenIndex, TokenRecord};
 use disk::{is_blank, leading_comments, read_existing, read_text, write_atomic};
@@ -101,7 +100,7 @@ impl FileSource {
         .await
     }
 
-    /// Notifies `changed` whenever the file is written, replaced (also by
+    /// Announces to `changed` whenever the file is written, replaced (also by
     /// an atomic rename, or a Kubernetes `..data` swap), or removed.
     ///
     /// Watches the parent directory, so a file that does not exist yet or
@@ -109,7 +108,7 @@ impl FileSource {
     /// for as long as anyone else holds `changed`. If watching fails it is
     /// logged; the periodic re-read still picks changes up. Must be called
     /// inside a tokio runtime.
-    pub fn watch(&self, changed: Arc<Notify>) {
+    pub fn watch(&self, changed: Arc<Announced>) {
         let dir = match self.path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
             _ => PathBuf::from("."),
@@ -118,12 +117,12 @@ impl FileSource {
             tracing::warn!(path = %self.path.display(), "token file path names no file; not watching it");
             return;
         };
-        let target: Weak<Notify> = Arc::downgrade(&changed);
+        let target: Weak<Announced> = Arc::downgrade(&changed);
         let notify_target = target.clone();
         let handler = move |res: notify::Result<notify::Event>| match res {
             Ok(event) if is_change_of(&event, &name) => {
                 if let Some(n) = notify_target.upgrade() {
-                    n.notify_one();
+                    n.anything();
                 }
             }
             Ok(_) => {}

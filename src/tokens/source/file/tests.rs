@@ -394,7 +394,7 @@ async fn watcher_fires_on_an_atomic_rename() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tokens.yaml");
     std::fs::write(&path, "tokens: []\n").unwrap();
-    let changed = Arc::new(Notify::new());
+    let changed = Arc::new(crate::tokens::source::Announced::default());
     FileSource::new(path.clone()).watch(changed.clone());
     let tmp = dir.path().join("staging.yaml");
     std::fs::write(

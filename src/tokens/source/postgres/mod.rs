@@ -16,11 +16,11 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Executor, Statement};
 use time::OffsetDateTime;
-use tokio::sync::{Notify, OnceCell};
+use tokio::sync::OnceCell;
 use tokio::task::AbortHandle;
 
 use super::sql::{self, InvalidRow, Stored};
-use super::{Change, Fingerprint, Loaded, SourceError};
+use super::{Announced, Change, Changed, Fingerprint, Loaded, SourceError};
 use crate::tokens::split::SplitTokens;
 use crate::tokens::{TokenId, TokenIndex, TokenRecord};
 
@@ -184,6 +184,74 @@ impl PostgresSource {
         Ok(Loaded::Applied(taken))
     }
 
+    /// The fingerprint of what [`load_index`](Self::load_index) would
+    /// read now, in a read-only transaction; `None` when it cannot be
+    /// taken.
+    pub async fn fingerprint(&self) -> Option<Fingerprint> {
+        let pool = self.pool().await.ok()?;
+        let sql = self.query.clone().unwrap_or_else(sql::index_query);
+        let take = async {
+            let mut tx = pool.begin().await.ok()?;
+            tx.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                .await
+                .ok()?;
+            let taken = fingerprint(&mut tx, &sql).await;
+            let _ = tx.commit().await;
+            taken.map(|(f, _)| f)
+        };
+        tokio::time::timeout(sql::QUERY_TIMEOUT, take)
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// The current records of `ids` in one indexed `SELECT` (see
+    /// [`Source::read_tokens`](super::Source::read_tokens)); `Ok(None)`
+    /// with a custom query, whose notifications name no tokens, and when
+    /// a named row is invalid (a full load skips, logs and counts it with
+    /// the others). An id that no token may have is answered as gone.
+    pub async fn read_tokens(&self, ids: &[String]) -> Result<Option<Changed>, SourceError> {
+        if self.query.is_some() {
+            return Ok(None);
+        }
+        let pool = self.pool().await?;
+        let sql = format!(
+            "SELECT * FROM ({}) AS t WHERE t.id = ANY($1)",
+            sql::index_query()
+        );
+        let db = |e| self.db_error(e);
+        let read = async {
+            let mut conn = pool.acquire().await.map_err(db)?;
+            let statement = conn.prepare(&sql).await.map_err(db)?;
+            let shape = sql::shape_of(self.origin(), &statement, None)?;
+            let rows = statement
+                .query()
+                .bind(ids)
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(db)?;
+            sql::records(self.origin(), &shape, &rows)
+        };
+        let (records, invalid) = tokio::time::timeout(sql::QUERY_TIMEOUT, read)
+            .await
+            .unwrap_or_else(|_| Err(self.unavailable("the query timed out")))?;
+        if !invalid.is_empty() {
+            // A full load logs and counts it with the others.
+            return Ok(None);
+        }
+        let mut found: std::collections::HashMap<TokenId, TokenRecord> =
+            records.into_iter().map(|r| (r.id.clone(), r)).collect();
+        Ok(Some(
+            ids.iter()
+                .filter_map(|id| TokenId::parse(id).ok())
+                .map(|id| {
+                    let record = found.remove(&id);
+                    (id, record)
+                })
+                .collect(),
+        ))
+    }
+
     /// Inserts a token; refuses a duplicate id or secret.
     pub async fn create(&self, record: &TokenRecord) -> Result<(), SourceError> {
         self.writable()?;
@@ -285,12 +353,13 @@ impl PostgresSource {
         update.await.map_err(|e| self.db_error(e))
     }
 
-    /// Listens on [`CHANNEL`] in a background task: `changed` is notified
-    /// on every notification and after every (re)connection; a dropped
+    /// Listens on [`CHANNEL`] in a background task, announcing to `changed`
+    /// the tokens each notification names (anything, for one that names
+    /// none, and after every (re)connection); a dropped
     /// connection is retried with backoff (100 ms doubling to 5 s) forever.
     /// The task ends when the source is dropped. Must run inside a Tokio
     /// runtime.
-    pub fn watch(&self, changed: Arc<Notify>) {
+    pub fn watch(&self, changed: Arc<Announced>) {
         let options = match &self.options {
             Ok(options) => (**options).clone(),
             Err(error) => {

@@ -14,9 +14,6 @@ use crate::tokens::source::SourceError;
 /// (`pg_advisory_xact_lock`); the bytes spell "tollgate".
 const SCHEMA_LOCK: i64 = 0x746f_6c6c_6761_7465;
 
-const SCHEMA_READY: &str = "SELECT EXISTS (SELECT 1 FROM pg_trigger \
-     WHERE tgrelid = to_regclass('tollgate_tokens') AND tgname = 'tollgate_tokens_notify')";
-
 pub(super) const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS tollgate_tokens (
     id            text PRIMARY KEY,
     sha256        text UNIQUE NOT NULL,
@@ -34,27 +31,84 @@ pub(super) const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS tollgate_token
     last_used_at  timestamptz
 )";
 
-/// `record_use` sets `tollgate.skip_notify` for its own transaction, so the
-/// once-a-minute `last_used_at` writes do not make every gateway reload.
-const CREATE_FUNCTION: &str = "CREATE OR REPLACE FUNCTION tollgate_tokens_notify() \
+/// The triggers that announce changes: one per kind of statement, each
+/// with the rows it changed (a transition table), so the announcement can
+/// name the tokens. An older gateway installed one trigger, named like the
+/// `TRUNCATE` one, for everything.
+const TRIGGERS: [(&str, &str); 4] = [
+    (
+        "tollgate_tokens_notify_insert",
+        "INSERT ON tollgate_tokens REFERENCING NEW TABLE AS tollgate_new",
+    ),
+    (
+        "tollgate_tokens_notify_update",
+        "UPDATE ON tollgate_tokens REFERENCING OLD TABLE AS tollgate_old NEW TABLE AS tollgate_new",
+    ),
+    (
+        "tollgate_tokens_notify_delete",
+        "DELETE ON tollgate_tokens REFERENCING OLD TABLE AS tollgate_old",
+    ),
+    ("tollgate_tokens_notify", "TRUNCATE ON tollgate_tokens"),
+];
+
+/// Most ids one notification names; a statement that changed more (or
+/// whose ids would not fit the 8,000-byte payload) announces anything.
+const MAX_NAMED: u32 = 100;
+
+/// Announces the ids of the tokens a statement inserted, updated (old and
+/// new id) or deleted as a JSON array; a `TRUNCATE` or a statement that
+/// changed more than [`MAX_NAMED`] rows sends an empty payload (anything
+/// changed), and one that changed no row sends nothing. `record_use` sets
+/// `tollgate.skip_notify` for its own transaction, so the once-a-minute
+/// `last_used_at` writes do not make every gateway re-read.
+fn create_function() -> String {
+    let more = MAX_NAMED + 1;
+    format!(
+        "CREATE OR REPLACE FUNCTION tollgate_tokens_notify() \
 RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    named json;
 BEGIN
     IF current_setting('tollgate.skip_notify', true) = 'on' THEN
         RETURN NULL;
     END IF;
-    PERFORM pg_notify('tollgate_tokens', '');
+    IF TG_OP = 'INSERT' THEN
+        SELECT json_agg(id) INTO named FROM (SELECT id FROM tollgate_new LIMIT {more}) AS c;
+    ELSIF TG_OP = 'UPDATE' THEN
+        SELECT json_agg(id) INTO named FROM (SELECT id FROM tollgate_old
+            UNION SELECT id FROM tollgate_new LIMIT {more}) AS c;
+    ELSIF TG_OP = 'DELETE' THEN
+        SELECT json_agg(id) INTO named FROM (SELECT id FROM tollgate_old LIMIT {more}) AS c;
+    END IF;
+    IF TG_OP <> 'TRUNCATE' AND named IS NULL THEN
+        RETURN NULL;
+    END IF;
+    IF named IS NULL OR json_array_length(named) > {MAX_NAMED}
+        OR octet_length(named::text) > 7900 THEN
+        PERFORM pg_notify('tollgate_tokens', '');
+    ELSE
+        PERFORM pg_notify('tollgate_tokens', named::text);
+    END IF;
     RETURN NULL;
 END
-$$";
+$$"
+    )
+}
 
-const CREATE_TRIGGER: &str = "CREATE TRIGGER tollgate_tokens_notify \
-     AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON tollgate_tokens \
-     FOR EACH STATEMENT EXECUTE FUNCTION tollgate_tokens_notify()";
-
-/// Whether the table and the trigger exist, in one query.
-const SCHEMA_STATE: &str = "SELECT to_regclass('tollgate_tokens') IS NOT NULL, EXISTS (SELECT 1 \
-     FROM pg_trigger WHERE tgrelid = to_regclass('tollgate_tokens') \
-     AND tgname = 'tollgate_tokens_notify')";
+/// Whether the table exists, whether a trigger of ours does, and whether
+/// all of today's do, in one query.
+fn schema_state() -> String {
+    let names: Vec<String> = TRIGGERS.iter().map(|(n, _)| format!("'{n}'")).collect();
+    format!(
+        "SELECT to_regclass('tollgate_tokens') IS NOT NULL, \
+         EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = to_regclass('tollgate_tokens') \
+         AND tgname = 'tollgate_tokens_notify'), \
+         (SELECT count(*) FROM pg_trigger WHERE tgrelid = to_regclass('tollgate_tokens') \
+         AND tgname IN ({})) = {}",
+        names.join(", "),
+        TRIGGERS.len()
+    )
+}
 
 impl PostgresSource {
     /// Whether `tollgate_tokens` and its notify trigger exist, without any
@@ -64,14 +118,15 @@ impl PostgresSource {
             return Ok(());
         }
         let pool = self.pool().await?;
-        let (table, trigger): (bool, bool) = sqlx::query_as(SCHEMA_STATE)
+        let (table, trigger, triggers): (bool, bool, bool) = sqlx::query_as(&schema_state())
             .fetch_one(pool)
             .await
             .map_err(|e| self.db_error(e))?;
-        let missing = match (table, trigger) {
-            (true, true) => return Ok(()),
-            (false, _) => "the table tollgate_tokens is missing",
-            (true, false) => "the trigger tollgate_tokens_notify is missing (without it changes arrive only every refresh_interval)",
+        let missing = match (table, trigger, triggers) {
+            (true, _, true) => return Ok(()),
+            (false, _, _) => "the table tollgate_tokens is missing",
+            (true, false, _) => "the trigger tollgate_tokens_notify is missing (without it changes arrive only every refresh_interval)",
+            (true, true, false) => "the triggers tollgate_tokens_notify_insert, _update and _delete are missing (an older Tollgate installed the table; until they are there every change is a full re-read)",
         };
         Err(SourceError::Invalid(format!(
             "{}: {missing}; `tollgate token create` or `tollgate serve` creates it",
@@ -88,11 +143,12 @@ impl PostgresSource {
             return Ok(());
         }
         let pool = self.pool().await?;
-        let ready: bool = sqlx::query_scalar(SCHEMA_READY)
+        let ready = |(_, _, all): (bool, bool, bool)| all;
+        let state: (bool, bool, bool) = sqlx::query_as(&schema_state())
             .fetch_one(pool)
             .await
             .map_err(|e| self.db_error(e))?;
-        if ready {
+        if ready(state) {
             return Ok(());
         }
         let install = async {
@@ -102,10 +158,24 @@ impl PostgresSource {
                 .execute(&mut *tx)
                 .await?;
             tx.execute(CREATE_TABLE).await?;
-            tx.execute(CREATE_FUNCTION).await?;
-            let ready: bool = sqlx::query_scalar(SCHEMA_READY).fetch_one(&mut *tx).await?;
-            if !ready {
-                tx.execute(CREATE_TRIGGER).await?;
+            let state = sqlx::query_as(&schema_state()).fetch_one(&mut *tx).await?;
+            if !ready(state) {
+                // Replaces an older gateway's single trigger too.
+                tx.execute(create_function().as_str()).await?;
+                for (name, on) in TRIGGERS {
+                    tx.execute(
+                        format!("DROP TRIGGER IF EXISTS {name} ON tollgate_tokens").as_str(),
+                    )
+                    .await?;
+                    tx.execute(
+                        format!(
+                            "CREATE TRIGGER {name} AFTER {on} FOR EACH STATEMENT \
+                             EXECUTE FUNCTION tollgate_tokens_notify()"
+                        )
+                        .as_str(),
+                    )
+                    .await?;
+                }
             }
             tx.commit().await
         };

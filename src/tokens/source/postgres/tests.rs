@@ -96,10 +96,22 @@ fn t(s: &str) -> OffsetDateTime {
     sql::parse_time(s).unwrap()
 }
 
-async fn notified(changed: &Notify, within: Duration) -> bool {
+/// What was announced, once something was within `within`; `None` if
+/// nothing was.
+async fn announced(
+    changed: &Announced,
+    within: Duration,
+) -> Option<crate::tokens::source::Pending> {
     tokio::time::timeout(within, changed.notified())
         .await
-        .is_ok()
+        .ok()?;
+    // Announcements made together arrive together.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    Some(changed.take())
+}
+
+fn ids(names: &[&str]) -> std::collections::HashSet<String> {
+    names.iter().map(|n| n.to_string()).collect()
 }
 
 #[tokio::test]
@@ -120,7 +132,7 @@ async fn ensure_schema_is_idempotent_and_safe_to_run_at_once() {
     .fetch_one(&db.admin)
     .await
     .unwrap();
-    assert_eq!(triggers, 1);
+    assert_eq!(triggers, 4);
     assert_eq!(a.load().await.unwrap(), vec![]);
 }
 
@@ -446,8 +458,32 @@ async fn record_use_moves_last_used_at_forward_only() {
     assert_eq!(got[1].last_used_at, None);
 }
 
+/// The payloads of the notifications `statement` causes, within 500 ms.
+async fn payloads(
+    listener: &mut PgListener,
+    writer: &mut sqlx::PgConnection,
+    statement: &str,
+) -> Vec<String> {
+    writer.execute(statement).await.unwrap();
+    let mut got = Vec::new();
+    while let Ok(n) = tokio::time::timeout(Duration::from_millis(500), listener.recv()).await {
+        let n = n.unwrap();
+        assert_eq!(n.channel(), CHANNEL, "{statement}");
+        got.push(n.payload().to_owned());
+    }
+    got
+}
+
+/// A payload's ids, sorted.
+fn named(payload: &str) -> Vec<String> {
+    let mut ids: Vec<String> =
+        serde_json::from_str(payload).unwrap_or_else(|_| panic!("not a list of ids: {payload:?}"));
+    ids.sort();
+    ids
+}
+
 #[tokio::test]
-async fn trigger_announces_every_kind_of_change_but_not_record_use() {
+async fn trigger_names_the_changed_tokens_but_announces_no_record_use() {
     let Some(db) = TestDb::new(true).await else {
         return;
     };
@@ -456,35 +492,63 @@ async fn trigger_announces_every_kind_of_change_but_not_record_use() {
     let mut listener = PgListener::connect(&db.url).await.unwrap();
     listener.listen(CHANNEL).await.unwrap();
     let mut writer = db.admin.acquire().await.unwrap();
-    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
-        .fetch_one(&mut *writer)
-        .await
-        .unwrap();
-    for statement in [
-        format!(
-            "INSERT INTO tollgate_tokens (id, sha256, scopes) VALUES ('a', '{}', 's')",
-            TokenHash::of(b"s").to_hex()
-        ),
-        "UPDATE tollgate_tokens SET scopes = 't'".into(),
-        "DELETE FROM tollgate_tokens WHERE id = 'nobody'".into(),
-        "TRUNCATE tollgate_tokens".into(),
-    ] {
-        writer.execute(&*statement).await.unwrap();
-        let n = tokio::time::timeout(Duration::from_secs(5), listener.recv())
-            .await
-            .unwrap_or_else(|_| panic!("no notification for {statement}"))
-            .unwrap();
-        assert_eq!(
-            (n.channel(), n.process_id()),
-            (CHANNEL, pid as u32),
-            "{statement}"
-        );
-    }
+    let w = &mut *writer;
+    let insert = format!(
+        "INSERT INTO tollgate_tokens (id, sha256, scopes) VALUES ('a', '{}', 's'), ('b \"x', '{}', 's')",
+        TokenHash::of(b"s").to_hex(),
+        TokenHash::of(b"t").to_hex()
+    );
+    let one = payloads(&mut listener, w, &insert).await;
+    assert_eq!(one.len(), 1, "{one:?}");
+    assert_eq!(named(&one[0]), ["a", "b \"x"]);
+    // A rename names the old id and the new one.
+    let one = payloads(
+        &mut listener,
+        w,
+        "UPDATE tollgate_tokens SET id = 'a2' WHERE id = 'a'",
+    )
+    .await;
+    assert_eq!(named(&one[0]), ["a", "a2"]);
+    let one = payloads(
+        &mut listener,
+        w,
+        "DELETE FROM tollgate_tokens WHERE id = 'a2'",
+    )
+    .await;
+    assert_eq!(named(&one[0]), ["a2"]);
+    // A statement that changed nothing announces nothing.
+    let none = payloads(
+        &mut listener,
+        w,
+        "DELETE FROM tollgate_tokens WHERE id = 'nobody'",
+    )
+    .await;
+    assert_eq!(none, Vec::<String>::new());
+    // Too many rows to name, and TRUNCATE: anything changed.
+    let many = "INSERT INTO tollgate_tokens (id, sha256, scopes) \
+                SELECT 'bulk-' || i, md5(i::text), 's' FROM generate_series(1, 150) AS i";
+    assert_eq!(payloads(&mut listener, w, many).await, [""]);
+    let long = format!(
+        "INSERT INTO tollgate_tokens (id, sha256, scopes) \
+         SELECT '{}' || i, md5('long' || i), 's' FROM generate_series(1, 90) AS i",
+        "x".repeat(120)
+    );
+    assert_eq!(
+        payloads(&mut listener, w, &long).await,
+        [""],
+        "over 7,900 bytes"
+    );
+    assert_eq!(
+        payloads(&mut listener, w, "TRUNCATE tollgate_tokens").await,
+        [""]
+    );
+
     source.create(&record("b", "s2")).await.unwrap();
-    tokio::time::timeout(Duration::from_secs(5), listener.recv())
+    let n = tokio::time::timeout(Duration::from_secs(5), listener.recv())
         .await
         .expect("no notification for create")
         .unwrap();
+    assert_eq!(named(n.payload()), ["b"]);
     source
         .record_use(&[("b".into(), sql::now())])
         .await
@@ -495,29 +559,90 @@ async fn trigger_announces_every_kind_of_change_but_not_record_use() {
 }
 
 #[tokio::test]
-async fn watch_reports_an_insert_and_survives_a_killed_connection() {
+async fn an_older_gateways_single_trigger_is_replaced_by_the_naming_ones() {
+    let Some(db) = TestDb::new(true).await else {
+        return;
+    };
+    db.exec(CREATE_TABLE).await;
+    db.exec(
+        "CREATE FUNCTION tollgate_tokens_notify() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN PERFORM pg_notify('tollgate_tokens', ''); RETURN NULL; END $$; \
+         CREATE TRIGGER tollgate_tokens_notify AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE \
+         ON tollgate_tokens FOR EACH STATEMENT EXECUTE FUNCTION tollgate_tokens_notify()",
+    )
+    .await;
+    let source = db.source(None);
+    let e = source.verify_schema().await.unwrap_err().to_string();
+    assert!(e.contains("an older Tollgate installed the table"), "{e}");
+    source.ensure_schema().await.unwrap();
+    source.verify_schema().await.unwrap();
+    let mut listener = PgListener::connect(&db.url).await.unwrap();
+    listener.listen(CHANNEL).await.unwrap();
+    source.create(&record("a", "s1")).await.unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(5), listener.recv())
+        .await
+        .expect("no notification")
+        .unwrap();
+    assert_eq!(named(n.payload()), ["a"]);
+    let quiet = tokio::time::timeout(Duration::from_millis(300), listener.recv()).await;
+    assert!(quiet.is_err(), "the old trigger still fires");
+}
+
+#[tokio::test]
+async fn read_tokens_reads_just_the_named_tokens_as_they_are_now() {
+    let Some(db) = TestDb::new(false).await else {
+        return;
+    };
+    let source = db.source(None);
+    source.ensure_schema().await.unwrap();
+    for (i, secret) in ["s1", "s2", "s3", "s4"].into_iter().enumerate() {
+        source
+            .create(&record(&format!("t{i}"), secret))
+            .await
+            .unwrap();
+    }
+    source.revoke(&id("t0")).await.unwrap();
+    source.change(&id("t1"), &Change::Delete).await.unwrap();
+    let asked: Vec<String> = ["t0", "t1", "t3", "not an id"].map(String::from).into();
+    let got = source.read_tokens(&asked).await.unwrap().unwrap();
+    let got: std::collections::HashMap<_, _> = got
+        .into_iter()
+        .map(|(id, record)| (id.to_string(), record))
+        .collect();
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert!(got["t0"].as_ref().unwrap().disabled);
+    assert!(got["t1"].is_none(), "deleted");
+    assert_eq!(got["t3"].as_ref().unwrap().hash, TokenHash::of(b"s4"));
+    // An invalid row is left to a full load, which counts it.
+    db.exec("UPDATE tollgate_tokens SET allowed_ips = 'not-an-address' WHERE id = 't3'")
+        .await;
+    assert!(source.read_tokens(&asked).await.unwrap().is_none());
+    // A custom query's rows are not found by token id: read in full.
+    let custom = db.source(Some("SELECT id, sha256, scopes FROM tollgate_tokens"));
+    assert!(custom.read_tokens(&asked).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn watch_announces_the_tokens_changed_and_anything_on_each_connection() {
     let Some(db) = TestDb::new(true).await else {
         return;
     };
     let source = db.source(None);
     source.ensure_schema().await.unwrap();
-    let changed = Arc::new(Notify::new());
+    let changed = Arc::new(Announced::default());
     source.watch(changed.clone());
-    assert!(
-        notified(&changed, Duration::from_secs(5)).await,
-        "no notice on connect"
-    );
-    assert!(
-        !notified(&changed, Duration::from_millis(300)).await,
+    let first = announced(&changed, Duration::from_secs(5)).await;
+    assert!(first.expect("no notice on connect").anything);
+    assert_eq!(
+        announced(&changed, Duration::from_millis(300)).await,
+        None,
         "notice without a change"
     );
 
     let writer = db.source(None);
     writer.create(&record("a", "s1")).await.unwrap();
-    assert!(
-        notified(&changed, Duration::from_secs(5)).await,
-        "insert not reported"
-    );
+    let insert = announced(&changed, Duration::from_secs(5)).await.unwrap();
+    assert_eq!((insert.anything, insert.ids), (false, ids(&["a"])));
 
     let killed: i64 = sqlx::query_scalar(
         "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
@@ -528,15 +653,14 @@ async fn watch_reports_an_insert_and_survives_a_killed_connection() {
     .await
     .unwrap();
     assert_eq!(killed, 1);
-    assert!(
-        notified(&changed, Duration::from_secs(5)).await,
-        "no notice on reconnect"
-    );
+    // Once on losing the connection, once on making it again.
+    let lost = announced(&changed, Duration::from_secs(5)).await;
+    assert!(lost.expect("no notice on losing the connection").anything);
+    let reconnect = announced(&changed, Duration::from_secs(5)).await;
+    assert!(reconnect.expect("no notice on reconnect").anything);
     writer.revoke(&id("a")).await.unwrap();
-    assert!(
-        notified(&changed, Duration::from_secs(5)).await,
-        "revoke not reported"
-    );
+    let revoke = announced(&changed, Duration::from_secs(5)).await.unwrap();
+    assert_eq!((revoke.anything, revoke.ids), (false, ids(&["a"])));
 }
 
 #[tokio::test]

@@ -1,8 +1,6 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use tokio::sync::Notify;
-
 use super::*;
 use crate::tokens::id::id;
 use crate::tokens::source::shared_tests::{self, record};
@@ -249,7 +247,7 @@ async fn watch_notices_a_write_from_another_connection() {
     let (_dir, path) = temp();
     let source = SqliteSource::new(path.clone(), None);
     source.ensure_schema().await.unwrap();
-    let changed = Arc::new(Notify::new());
+    let changed = Arc::new(crate::tokens::source::Announced::default());
     source.watch(changed.clone());
     let writer = SqliteSource::new(path, None);
     writer.create(&record("a", "s1")).await.unwrap();
@@ -263,7 +261,7 @@ async fn watch_ignores_other_files_in_the_directory() {
     let (dir, path) = temp();
     let source = SqliteSource::new(path, None);
     source.ensure_schema().await.unwrap();
-    let changed = Arc::new(Notify::new());
+    let changed = Arc::new(crate::tokens::source::Announced::default());
     source.watch(changed.clone());
     std::fs::write(dir.path().join("unrelated.txt"), "x").unwrap();
     let heard = tokio::time::timeout(Duration::from_millis(500), changed.notified()).await;

@@ -10,16 +10,16 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError};
 
 use notify::{RecursiveMode, Watcher};
-use tokio::sync::Notify;
 
 use super::SqliteSource;
+use crate::tokens::source::Announced;
 
 impl SqliteSource {
     /// Watches the file and its `-wal` (through their directory, so a
-    /// replaced or newly created file is seen); `changed` is notified on
-    /// every change. Failing to watch is logged: the periodic refresh
+    /// replaced or newly created file is seen); every change is announced
+    /// to `changed`. Failing to watch is logged: the periodic refresh
     /// still applies.
-    pub fn watch(&self, changed: Arc<Notify>) {
+    pub fn watch(&self, changed: Arc<Announced>) {
         let Some(name) = self.path.file_name() else {
             tracing::warn!(path = %self.path.display(), "not watching the token database: no file name");
             return;
@@ -33,7 +33,7 @@ impl SqliteSource {
         let names: [OsString; 2] = [name.to_owned(), wal];
         let handler = move |event: notify::Result<notify::Event>| match event {
             Ok(event) if !event.kind.is_access() && touches(&event.paths, &names) => {
-                changed.notify_one()
+                changed.anything()
             }
             Ok(_) => {}
             Err(error) => tracing::warn!(%error, "watching the token database failed"),
