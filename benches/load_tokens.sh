@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Loads N tokens (default 1,000,000) from PostgreSQL into a release gateway
 # and reports: time from start to ready (/readyz 200), memory after the load
-# (VmRSS, VmHWM from /proc), a revocation's time to reach the gateway (one
-# full reload: NOTIFY, fingerprint, re-read, rebuild, swap) with the peak
-# memory during it, memory once the old index is freed, and what a periodic
-# refresh that finds nothing changed costs.
+# (VmRSS, VmHWM from /proc); a revocation's and a new token's time to reach
+# the gateway (the trigger names the token, the gateway reads that row and
+# applies it beside the index) with the peak memory meanwhile; what the
+# periodic refresh costs; and a full re-read (a statement that changes more
+# rows than a notification names) with its time and peak memory.
 #
 #   cargo build --release --bin tollgate
 #   benches/load_tokens.sh [N]
@@ -86,21 +87,38 @@ echo "ready after $(ms "$t0" "$(now)") ms (gateway CPU: $(cpu) ms; load average:
 echo -n "after load:    "; mem
 echo "known token: $(status secret-4) (502: accepted, no upstream), unknown: $(status nope)"
 
-# One revocation: a full reload. Reset VmHWM first (clear_refs 5) to see
-# the peak of the reload alone.
-echo 5 >"/proc/$pid/clear_refs" 2>/dev/null || echo "(cannot reset VmHWM; the peak below is the lifetime peak)"
+# One revocation: the trigger names the token; only its row is read. Reset
+# VmHWM first (clear_refs 5) to see the peak of this change alone.
+echo 5 >"/proc/$pid/clear_refs" 2>/dev/null || echo "(cannot reset VmHWM; the peaks below are lifetime peaks)"
 psql "$url" -q -c "UPDATE tollgate_tokens SET disabled = true, updated_at = now() WHERE id = 'bench-4'"
 t0=$(now)
-until [ "$(status secret-4)" = 401 ]; do sleep 0.02; done
+until [ "$(status secret-4)" = 401 ]; do sleep 0.005; done
 echo "revocation applied after $(ms "$t0" "$(now)") ms"
-echo -n "during reload: "; mem
-sleep 2
-echo -n "2 s later:     "; mem
+psql "$url" -q -c "INSERT INTO tollgate_tokens (id, sha256, scopes) VALUES ('bench-new', encode(sha256(convert_to('secret-new', 'UTF8')), 'hex'), 'scope:a')"
+t0=$(now)
+until [ "$(status secret-new)" = 502 ]; do sleep 0.005; done
+echo "new token accepted after $(ms "$t0" "$(now)") ms"
+echo -n "during both:   "; mem
 
-# Periodic refreshes (every 10 s) that find nothing changed.
+# Periodic refreshes (every 10 s): the first after a change takes the
+# table's fingerprint afresh, the next finds it unchanged.
 echo 5 >"/proc/$pid/clear_refs" 2>/dev/null || true
 cpu0=$(cpu)
 sleep 21
-echo "two unchanged refreshes: $(( $(cpu) - cpu0 )) ms gateway CPU in 21 s"
+echo "two periodic refreshes: $(( $(cpu) - cpu0 )) ms gateway CPU in 21 s"
 echo -n "after them:    "; mem
+
+# A statement that changes more rows than a notification names: a full
+# re-read, with the old index and the new one both alive for a moment.
+# bench-10 becomes read-only: its POST is refused (403) once the new index
+# serves.
+post() { curl -s -o /dev/null -w '%{http_code}' -X POST -H "Authorization: Bearer $1" "http://127.0.0.1:$data_port/api/x"; }
+echo 5 >"/proc/$pid/clear_refs" 2>/dev/null || true
+psql "$url" -q -c "UPDATE tollgate_tokens SET read_only = NOT read_only WHERE id IN (SELECT 'bench-' || i FROM generate_series(10, 110) AS i)"
+t0=$(now)
+until [ "$(post secret-10)" = 403 ]; do sleep 0.02; done
+echo "full re-read applied after $(ms "$t0" "$(now)") ms"
+echo -n "during it:     "; mem
+sleep 2
+echo -n "2 s later:     "; mem
 curl -s "http://127.0.0.1:$admin_port/metrics" | grep -E '^tollgate_(tokens_loaded|token_source_up|token_reloads_total)'

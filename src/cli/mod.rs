@@ -194,6 +194,7 @@ async fn check(path: &Path) -> anyhow::Result<()> {
     if let Err(e) = source.verify_schema().await {
         anyhow::bail!("{}: tokens: {e}", path.display());
     }
+    let source_warnings = source.warnings().await;
     let rows = source
         .read()
         .await
@@ -223,7 +224,7 @@ async fn check(path: &Path) -> anyhow::Result<()> {
     for w in &settings.warnings {
         eprintln!("warning: {w}");
     }
-    for w in &published {
+    for w in published.iter().chain(&source_warnings) {
         eprintln!("warning: {w}");
     }
     for id in &plaintext {

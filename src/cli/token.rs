@@ -494,6 +494,7 @@ mod tests {
             query: None,
             refresh_interval: Duration::from_secs(5),
             split: None,
+            notify_trigger_on: None,
         })
         .unwrap()
     }

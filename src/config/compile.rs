@@ -290,11 +290,29 @@ impl Compiler<'_> {
             false,
         );
         let split = self.split_tokens(spec.split, spec.peppers, query.is_some());
+        let notify_trigger_on = spec.notify_trigger_on.and_then(|table| {
+            let key = "tokens.notify_trigger_on";
+            if source != "postgres" || query.is_none() {
+                self.report.error(
+                    key,
+                    "is only used with source: postgres and a tokens.query (the tollgate_tokens table has its own triggers)",
+                );
+                return None;
+            }
+            match table_name(&table) {
+                Ok(()) => Some(table),
+                Err(problem) => {
+                    self.report.error(key, problem);
+                    None
+                }
+            }
+        });
         TokenSourceSettings {
             kind,
             query,
             refresh_interval,
             split,
+            notify_trigger_on,
         }
     }
 
@@ -781,6 +799,25 @@ impl Compiler<'_> {
         } else {
             RouteScopes::OneOf(scopes)
         }
+    }
+}
+
+/// Whether `name` is a table name a trigger can be installed on as
+/// written: `table` or `schema.table`, each an unquoted SQL identifier
+/// (letters, digits, `_`, not starting with a digit, at most 63 bytes),
+/// so the statements built from it need no quoting.
+fn table_name(name: &str) -> Result<(), &'static str> {
+    let part = |p: &str| {
+        !p.is_empty()
+            && p.len() <= 63
+            && !p.starts_with(|c: char| c.is_ascii_digit())
+            && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    };
+    let parts: Vec<&str> = name.split('.').collect();
+    if parts.len() <= 2 && parts.iter().all(|p| part(p)) {
+        Ok(())
+    } else {
+        Err("is not a table name: `table` or `schema.table`, letters, digits and _ only")
     }
 }
 

@@ -385,6 +385,35 @@ fn at_least_one_listener_and_route_are_required() {
 }
 
 #[test]
+fn notify_trigger_on_needs_postgres_a_query_and_a_plain_table_name() {
+    let postgres = |extra: &str| {
+        edit(
+            "  source: file\n  path: tokens.yaml\n",
+            &format!("  source: postgres\n  url: postgres://x/y\n{extra}"),
+        )
+    };
+    let s = ok(&postgres(
+        "  query: SELECT id, sha256, scopes FROM app.keys\n  notify_trigger_on: app.keys\n",
+    ));
+    assert_eq!(s.tokens.notify_trigger_on.as_deref(), Some("app.keys"));
+    assert_eq!(
+        errors(&postgres("  notify_trigger_on: keys\n")),
+        ["g.yaml:6: tokens.notify_trigger_on: is only used with source: postgres and a tokens.query (the tollgate_tokens table has its own triggers)"]
+    );
+    for bad in ["\"keys; DROP TABLE x\"", "a.b.c", "1keys", "\"\""] {
+        let e = errors(&postgres(&format!(
+            "  query: SELECT id, sha256, scopes FROM keys\n  notify_trigger_on: {bad}\n"
+        )));
+        assert_eq!(e.len(), 1, "{bad}: {e:?}");
+        assert!(
+            e[0].contains("tokens.notify_trigger_on: is not a table name"),
+            "{e:?}"
+        );
+        assert!(!e[0].contains("DROP"), "the value is echoed: {e:?}");
+    }
+}
+
+#[test]
 fn token_source_keys_must_match_the_source() {
     assert_eq!(
         errors(&edit(

@@ -114,6 +114,10 @@ pub struct TokenSourceSettings {
     pub refresh_interval: Duration,
     /// `tokens.split` and `tokens.peppers` (custom queries only).
     pub split: Option<std::sync::Arc<crate::tokens::split::SplitTokens>>,
+    /// `tokens.notify_trigger_on`: the application table (PostgreSQL,
+    /// custom query) whose changes are announced, as a plain or
+    /// schema-qualified SQL identifier.
+    pub notify_trigger_on: Option<String>,
 }
 
 #[derive(Debug, Clone)]

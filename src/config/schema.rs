@@ -113,6 +113,8 @@ pub(crate) struct TokensSpec {
     #[serde(default)]
     pub refresh_interval: Option<String>,
     #[serde(default)]
+    pub notify_trigger_on: Option<String>,
+    #[serde(default)]
     pub split: Option<SplitSpec>,
     /// Pepper values are secrets: `TokensSpec`'s `Debug` is derived, so
     /// they sit behind [`Peppers`], whose `Debug` shows ids only.

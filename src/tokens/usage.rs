@@ -228,6 +228,7 @@ mod tests {
             query: None,
             refresh_interval: Duration::from_secs(5),
             split: None,
+            notify_trigger_on: None,
         };
         let source = Source::open(&settings).unwrap();
         source.ensure_schema().await.unwrap();

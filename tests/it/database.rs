@@ -747,6 +747,69 @@ fn netbox_config(up: SocketAddr, url: &str) -> String {
 }
 
 #[tokio::test]
+async fn netbox_preset_installs_its_trigger_and_a_deleted_token_is_refused_at_once() {
+    let Some(pg) = Pg::new().await else { return };
+    pg.exec(NETBOX_USERS_TOKEN).await;
+    pg.exec(&format!(
+        "INSERT INTO users_user (id, username, is_active) VALUES (1, 'admin', true);
+         INSERT INTO users_token (id, version, enabled, write_enabled, plaintext, user_id) \
+           VALUES (1, 1, true, true, '{NB_WRITE}', 1), (2, 1, true, true, '{NB_READ}', 1);"
+    ))
+    .await;
+    let up = Upstream::start().await;
+    // Only the trigger can make it in time.
+    let yaml =
+        netbox_config(up.addr, &pg.url).replace("refresh_interval: 1s", "refresh_interval: 60s");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gateway.yaml");
+    std::fs::write(&config, &yaml).unwrap();
+    let out = tollgate(&config, &["check"]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("warning: tokens.notify_trigger_on: no trigger announces changes to users_token")
+            && stderr.contains("CREATE TRIGGER tollgate_tokens_notify AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON users_token"),
+        "{stderr}"
+    );
+    let installed = "SELECT count(*) FROM pg_trigger WHERE tgname = 'tollgate_tokens_notify' \
+                     AND tgrelid = to_regclass('users_token')";
+    let count = || async {
+        sqlx::query_scalar::<_, i64>(installed)
+            .fetch_one(&pg.admin)
+            .await
+            .unwrap()
+    };
+    assert_eq!(count().await, 0, "check installed the trigger");
+
+    let gw = Gw::start_unready(&yaml, "").await;
+    wait_ready(&gw, Duration::from_secs(10)).await;
+    assert_eq!(count().await, 1, "serve did not install the trigger");
+    let read = |key: &'static str| {
+        let addr = gw.addr();
+        async move {
+            get(
+                addr,
+                "/api/dcim/devices/",
+                &[&format!("Authorization: Token {key}")],
+            )
+            .await
+            .status
+        }
+    };
+    assert_eq!(read(NB_WRITE).await, 200);
+    pg.exec("DELETE FROM users_token WHERE id = 1").await;
+    let delay = within(Duration::from_secs(5), "deleted token refused", || async {
+        read(NB_WRITE).await == 401
+    })
+    .await;
+    assert!(delay < Duration::from_secs(1), "took {delay:?}");
+    assert_eq!(read(NB_READ).await, 200);
+    let out = tollgate(&config, &["check"]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("notify_trigger_on"), "{stderr}");
+}
+
+#[tokio::test]
 async fn netbox_preset_reads_users_token_as_it_is_and_follows_its_changes() {
     let Some(pg) = Pg::new().await else { return };
     pg.exec(NETBOX_USERS_TOKEN).await;

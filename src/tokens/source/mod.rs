@@ -206,7 +206,8 @@ impl Source {
             ),
             SourceKind::Postgres { url } => {
                 let source = postgres::PostgresSource::new(url.clone(), settings.query.clone())
-                    .with_split(settings.split.clone());
+                    .with_split(settings.split.clone())
+                    .with_notify_on(settings.notify_trigger_on.clone());
                 source.check_url()?;
                 Source::Postgres(source)
             }
@@ -232,6 +233,16 @@ impl Source {
             Source::File(_) => Ok(()),
             Source::Sqlite(s) => s.verify_schema().await,
             Source::Postgres(s) => s.verify_schema().await,
+        }
+    }
+
+    /// What `tollgate check` should warn about the source's set-up (a
+    /// missing trigger on an application table, with the SQL that installs
+    /// it), found without writing.
+    pub async fn warnings(&self) -> Vec<String> {
+        match self {
+            Source::Postgres(s) => s.warnings().await,
+            Source::File(_) | Source::Sqlite(_) => Vec::new(),
         }
     }
 
@@ -393,6 +404,7 @@ mod tests {
             query: None,
             refresh_interval: Duration::from_secs(5),
             split: None,
+            notify_trigger_on: None,
         };
         assert!(matches!(
             Source::open(&settings),
@@ -409,6 +421,7 @@ mod tests {
             query: None,
             refresh_interval: Duration::from_secs(5),
             split: None,
+            notify_trigger_on: None,
         };
         let source = Source::open(&settings).unwrap();
         source.ensure_schema().await.unwrap();

@@ -58,6 +58,9 @@ pub struct PostgresSource {
     /// `Err` holds why it does not parse.
     options: Result<Box<PgConnectOptions>, String>,
     query: Option<String>,
+    /// `tokens.notify_trigger_on`: the application table whose changes a
+    /// trigger announces (a custom query's own table).
+    notify_on: Option<String>,
     /// `tokens.split` and its peppers, for the indexes this source builds.
     split: Option<Arc<SplitTokens>>,
     pool: OnceCell<PgPool>,
@@ -77,6 +80,7 @@ impl PostgresSource {
         PostgresSource {
             options,
             query,
+            notify_on: None,
             split: None,
             pool: OnceCell::new(),
             listener: Mutex::new(None),
@@ -87,6 +91,13 @@ impl PostgresSource {
     /// The split-token rules the indexes it builds verify split tokens with.
     pub fn with_split(mut self, split: Option<Arc<SplitTokens>>) -> Self {
         self.split = split;
+        self
+    }
+
+    /// The application table a trigger is to announce changes of
+    /// (`tokens.notify_trigger_on`, a validated SQL identifier).
+    pub fn with_notify_on(mut self, table: Option<String>) -> Self {
+        self.notify_on = table;
         self
     }
 

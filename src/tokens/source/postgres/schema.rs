@@ -110,7 +110,88 @@ fn schema_state() -> String {
     )
 }
 
+/// The trigger on an application's table (`tokens.notify_trigger_on`):
+/// a custom query's rows are not found by token id, so it names nothing
+/// and every change is checked by the fingerprint and re-read in full.
+fn application_trigger(table: &str) -> [String; 3] {
+    [
+        "CREATE OR REPLACE FUNCTION tollgate_tokens_changed() RETURNS trigger \
+         LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_notify('tollgate_tokens', ''); \
+         RETURN NULL; END $$"
+            .to_owned(),
+        format!("DROP TRIGGER IF EXISTS tollgate_tokens_notify ON {table}"),
+        format!(
+            "CREATE TRIGGER tollgate_tokens_notify AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE \
+             ON {table} FOR EACH STATEMENT EXECUTE FUNCTION tollgate_tokens_changed()"
+        ),
+    ]
+}
+
+const APPLICATION_TRIGGER_READY: &str = "SELECT EXISTS (SELECT 1 FROM pg_trigger \
+     WHERE tgrelid = to_regclass($1) AND tgname = 'tollgate_tokens_notify')";
+
 impl PostgresSource {
+    /// Whether the trigger on `tokens.notify_trigger_on`'s table is
+    /// missing: a warning for `tollgate check` with the SQL that installs
+    /// it. Nothing when the table is not configured or the database cannot
+    /// tell (the read that follows says why).
+    pub async fn warnings(&self) -> Vec<String> {
+        let Some(table) = &self.notify_on else {
+            return Vec::new();
+        };
+        let Ok(pool) = self.pool().await else {
+            return Vec::new();
+        };
+        let ready = sqlx::query_scalar::<_, bool>(APPLICATION_TRIGGER_READY)
+            .bind(table)
+            .fetch_one(pool)
+            .await;
+        match ready {
+            Ok(false) => vec![format!(
+                "tokens.notify_trigger_on: no trigger announces changes to {table}, so they arrive \
+                 every refresh_interval; `tollgate serve` installs it when its role may, or run as \
+                 the table's owner:\n{};",
+                application_trigger(table).join(";\n")
+            )],
+            Ok(true) | Err(_) => Vec::new(),
+        }
+    }
+
+    /// Installs the trigger on `tokens.notify_trigger_on`'s table when it
+    /// is missing and the role may; otherwise says why and how, and the
+    /// gateway relies on `refresh_interval`.
+    async fn ensure_application_trigger(&self, table: &str) -> Result<(), SourceError> {
+        let pool = self.pool().await?;
+        let ready: bool = sqlx::query_scalar(APPLICATION_TRIGGER_READY)
+            .bind(table)
+            .fetch_one(pool)
+            .await
+            .map_err(|e| self.db_error(e))?;
+        if ready {
+            return Ok(());
+        }
+        let install = async {
+            let mut tx = pool.begin().await?;
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(SCHEMA_LOCK)
+                .execute(&mut *tx)
+                .await?;
+            for statement in application_trigger(table) {
+                tx.execute(statement.as_str()).await?;
+            }
+            tx.commit().await
+        };
+        if let Err(error) = install.await {
+            tracing::warn!(
+                %table,
+                error = %crate::tokens::source::sql::one_line(error),
+                sql = %application_trigger(table).join("; "),
+                "cannot install the trigger of tokens.notify_trigger_on; changes arrive every refresh_interval until the table's owner runs this SQL"
+            );
+        }
+        Ok(())
+    }
+
     /// Whether `tollgate_tokens` and its notify trigger exist, without any
     /// DDL (`tollgate check`). Always `Ok` with a custom query.
     pub async fn verify_schema(&self) -> Result<(), SourceError> {
@@ -137,10 +218,14 @@ impl PostgresSource {
     /// Creates `tollgate_tokens` and its notify trigger when missing. Safe
     /// to run from several gateways at once; does no DDL when both exist,
     /// so a role that may only read and write rows can run it. A no-op
-    /// with a custom query (the table belongs to the application).
+    /// with a custom query (the table belongs to the application), except
+    /// for the trigger `tokens.notify_trigger_on` asks for.
     pub async fn ensure_schema(&self) -> Result<(), SourceError> {
         if self.query.is_some() {
-            return Ok(());
+            return match &self.notify_on {
+                Some(table) => self.ensure_application_trigger(table).await,
+                None => Ok(()),
+            };
         }
         let pool = self.pool().await?;
         let ready = |(_, _, all): (bool, bool, bool)| all;
