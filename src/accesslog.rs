@@ -21,8 +21,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use http::{HeaderValue, Method};
-use serde::Serialize;
-use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use crate::config::LogFormat;
@@ -155,81 +153,185 @@ fn write_loop(rx: Receiver<Message>, sink: Box<dyn Write + Send>) {
     }
 }
 
-#[derive(Serialize)]
-struct Line<'a> {
-    ts: &'a str,
-    request_id: &'a str,
-    client_ip: &'a str,
-    method: &'a str,
-    path: &'a str,
-    route: Option<&'a str>,
-    token_id: Option<&'a str>,
-    status: u16,
-    error: Option<&'a str>,
-    upstream_request_id: Option<&'a str>,
-    duration_ms: f64,
-    bytes_out: u64,
-}
-
 /// One log line, newline included: JSON, or `key=value` text.
 fn format_line(r: &Record, json: bool) -> Vec<u8> {
-    // The time is formatted on the stack; the line is the only allocation.
-    let mut ts = [0u8; 48];
-    let line = Line {
-        ts: format_into(&mut ts, |w| {
-            OffsetDateTime::from(r.ts)
-                .format_into(w, &Rfc3339)
-                .map(drop)
-                .map_err(std::io::Error::other)
-        }),
-        request_id: r.request_id.to_str().unwrap_or("-"),
-        client_ip: r.client_ip.to_str().unwrap_or("-"),
-        method: r.method.as_str(),
-        path: &r.path,
-        route: r.route.as_deref(),
-        token_id: r.token_id.as_ref().and_then(|v| v.to_str().ok()),
-        status: r.status,
-        error: r.error,
-        upstream_request_id: r.upstream_request_id.as_ref().and_then(|v| v.to_str().ok()),
-        duration_ms: (r.duration.as_secs_f64() * 1e6).round() / 1e3,
-        bytes_out: r.bytes_out,
-    };
     let mut out = Vec::with_capacity(256);
-    let _ = if json {
-        serde_json::to_writer(&mut out, &line).map_err(std::io::Error::from)
+    if json {
+        json_line(&mut out, r);
     } else {
-        write!(
-            out,
-            "{} request_id={} client_ip={} method={} path={:?} route={} token_id={} status={} error={} upstream_request_id={} duration_ms={} bytes_out={}",
-            line.ts,
-            line.request_id,
-            line.client_ip,
-            line.method,
-            line.path,
-            line.route.unwrap_or("-"),
-            line.token_id.unwrap_or("-"),
-            line.status,
-            line.error.unwrap_or("-"),
-            line.upstream_request_id.unwrap_or("-"),
-            line.duration_ms,
-            line.bytes_out
-        )
-    };
+        text_line(&mut out, r);
+    }
     out.push(b'\n');
     out
 }
 
-/// What `write` puts into `buf`, as text; empty if it did not fit.
-fn format_into(
-    buf: &mut [u8],
-    write: impl FnOnce(&mut std::io::Cursor<&mut [u8]>) -> std::io::Result<()>,
-) -> &str {
-    let mut cursor = std::io::Cursor::new(&mut *buf);
-    let n = match write(&mut cursor) {
-        Ok(()) => cursor.position() as usize,
-        Err(_) => 0,
+/// The line as JSON, the fields in the contract's order, written straight
+/// into `out` (a serializer would walk the same fields through a struct,
+/// its options and a formatter; this is the hot path of every request).
+fn json_line(out: &mut Vec<u8>, r: &Record) {
+    out.extend_from_slice(b"{\"ts\":\"");
+    write_time(out, r.ts);
+    out.extend_from_slice(b"\",\"request_id\":");
+    json_string(out, Some(r.request_id.to_str().unwrap_or("-")));
+    out.extend_from_slice(b",\"client_ip\":");
+    json_string(out, Some(r.client_ip.to_str().unwrap_or("-")));
+    out.extend_from_slice(b",\"method\":");
+    json_string(out, Some(r.method.as_str()));
+    out.extend_from_slice(b",\"path\":");
+    json_string(out, Some(&r.path));
+    out.extend_from_slice(b",\"route\":");
+    json_string(out, r.route.as_deref());
+    out.extend_from_slice(b",\"token_id\":");
+    json_string(out, r.token_id.as_ref().and_then(|v| v.to_str().ok()));
+    out.extend_from_slice(b",\"status\":");
+    out.extend_from_slice(itoa::Buffer::new().format(r.status).as_bytes());
+    out.extend_from_slice(b",\"error\":");
+    json_string(out, r.error);
+    out.extend_from_slice(b",\"upstream_request_id\":");
+    json_string(
+        out,
+        r.upstream_request_id.as_ref().and_then(|v| v.to_str().ok()),
+    );
+    out.extend_from_slice(b",\"duration_ms\":");
+    write_millis(out, r.duration);
+    out.extend_from_slice(b",\"bytes_out\":");
+    out.extend_from_slice(itoa::Buffer::new().format(r.bytes_out).as_bytes());
+    out.push(b'}');
+}
+
+/// A header value as text, `-` when absent or not text.
+fn text(v: Option<&HeaderValue>) -> &str {
+    v.and_then(|v| v.to_str().ok()).unwrap_or("-")
+}
+
+/// The line as `key=value` text (the time first, the path quoted).
+fn text_line(out: &mut Vec<u8>, r: &Record) {
+    write_time(out, r.ts);
+    let mut millis = Vec::with_capacity(16);
+    write_millis(&mut millis, r.duration);
+    let _ = write!(
+        out,
+        " request_id={} client_ip={} method={} path={:?} route={} token_id={} status={} error={} upstream_request_id={} duration_ms={} bytes_out={}",
+        text(Some(&r.request_id)),
+        text(Some(&r.client_ip)),
+        r.method,
+        &*r.path,
+        r.route.as_deref().unwrap_or("-"),
+        text(r.token_id.as_ref()),
+        r.status,
+        r.error.unwrap_or("-"),
+        text(r.upstream_request_id.as_ref()),
+        String::from_utf8_lossy(&millis),
+        r.bytes_out
+    );
+}
+
+/// A JSON string (escaped as JSON requires), or `null`.
+fn json_string(out: &mut Vec<u8>, text: Option<&str>) {
+    let Some(text) = text else {
+        out.extend_from_slice(b"null");
+        return;
     };
-    std::str::from_utf8(&buf[..n]).unwrap_or("")
+    out.push(b'"');
+    let bytes = text.as_bytes();
+    let mut clean = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        if b >= 0x20 && b != b'"' && b != b'\\' {
+            continue;
+        }
+        out.extend_from_slice(&bytes[clean..i]);
+        match b {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            _ => {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                out.extend_from_slice(b"\\u00");
+                out.push(HEX[usize::from(b >> 4)]);
+                out.push(HEX[usize::from(b & 0xf)]);
+            }
+        }
+        clean = i + 1;
+    }
+    out.extend_from_slice(&bytes[clean..]);
+    out.push(b'"');
+}
+
+/// Milliseconds with up to three decimals, as the shortest JSON number
+/// (`1.5`, `12.0`, `0.001`): the duration rounded to the microsecond.
+fn write_millis(out: &mut Vec<u8>, duration: Duration) {
+    let micros = (duration.as_nanos() + 500) / 1_000;
+    out.extend_from_slice(itoa::Buffer::new().format(micros / 1_000).as_bytes());
+    out.push(b'.');
+    let mut fraction = (micros % 1_000) as u32;
+    let mut digits = 3;
+    while digits > 1 && fraction % 10 == 0 {
+        fraction /= 10;
+        digits -= 1;
+    }
+    let mut buffer = itoa::Buffer::new();
+    let text = buffer.format(fraction);
+    out.extend(std::iter::repeat_n(b'0', digits - text.len()));
+    out.extend_from_slice(text.as_bytes());
+}
+
+thread_local! {
+    /// The last second formatted on this thread, `YYYY-MM-DDTHH:MM:SS`:
+    /// lines within one second share it.
+    static SECOND: std::cell::Cell<(u64, [u8; 19])> = const { std::cell::Cell::new((u64::MAX, [0; 19])) };
+}
+
+/// An RFC 3339 UTC time as the `time` crate writes it: the second, then
+/// the nanoseconds without trailing zeros (none when zero), then `Z`.
+fn write_time(out: &mut Vec<u8>, at: SystemTime) {
+    let since = at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    let seconds = since.as_secs();
+    let text = SECOND.with(|cached| {
+        let (second, text) = cached.get();
+        if second == seconds {
+            return text;
+        }
+        let text = second_text(seconds);
+        cached.set((seconds, text));
+        text
+    });
+    out.extend_from_slice(&text);
+    let mut nanos = since.subsec_nanos();
+    if nanos != 0 {
+        let mut digits = 9;
+        while nanos % 10 == 0 {
+            nanos /= 10;
+            digits -= 1;
+        }
+        out.push(b'.');
+        let mut buffer = itoa::Buffer::new();
+        let text = buffer.format(nanos);
+        out.extend(std::iter::repeat_n(b'0', digits - text.len()));
+        out.extend_from_slice(text.as_bytes());
+    }
+    out.push(b'Z');
+}
+
+/// `YYYY-MM-DDTHH:MM:SS` of a second since the epoch, in UTC.
+fn second_text(seconds: u64) -> [u8; 19] {
+    let mut text = [0u8; 19];
+    let at = i64::try_from(seconds)
+        .ok()
+        .and_then(|s| OffsetDateTime::from_unix_timestamp(s).ok())
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+    let mut cursor = std::io::Cursor::new(&mut text[..]);
+    let _ = write!(
+        cursor,
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
+        at.year(),
+        u8::from(at.month()),
+        at.day(),
+        at.hour(),
+        at.minute(),
+        at.second()
+    );
+    text
 }
 
 #[cfg(test)]
@@ -264,6 +366,72 @@ mod tests {
             duration: Duration::from_micros(1500),
             bytes_out: 12,
         }
+    }
+
+    #[test]
+    fn times_are_written_as_the_time_crate_writes_rfc_3339() {
+        use time::format_description::well_known::Rfc3339;
+        for (seconds, nanos) in [
+            (0, 0),
+            (0, 1),
+            (1_764_825_345, 120_000_000),
+            (1_764_825_345, 123_456_789),
+            (1_764_825_346, 100),
+            (4_102_444_799, 999_999_999),
+            (951_782_400, 5_000), // 2000-02-29
+        ] {
+            let at = SystemTime::UNIX_EPOCH + Duration::new(seconds, nanos);
+            let mut ours = Vec::new();
+            write_time(&mut ours, at);
+            let theirs = OffsetDateTime::from(at).format(&Rfc3339).unwrap();
+            assert_eq!(String::from_utf8(ours).unwrap(), theirs);
+        }
+    }
+
+    #[test]
+    fn json_strings_and_numbers_read_back_as_written() {
+        for text in ["plain", "a\"b\\c", "tab\there\nline\u{1}", "ünï", ""] {
+            let mut out = Vec::new();
+            json_string(&mut out, Some(text));
+            let back: String = serde_json::from_slice(&out).unwrap();
+            assert_eq!(back, text);
+        }
+        let mut out = Vec::new();
+        json_string(&mut out, None);
+        assert_eq!(out, b"null");
+        for (micros, text) in [
+            (1_500, "1.5"),
+            (12_000, "12.0"),
+            (1, "0.001"),
+            (0, "0.0"),
+            (123_456_789, "123456.789"),
+            (10, "0.01"),
+        ] {
+            let mut out = Vec::new();
+            write_millis(&mut out, Duration::from_micros(micros));
+            assert_eq!(String::from_utf8(out).unwrap(), text);
+        }
+        let mut out = Vec::new();
+        write_millis(&mut out, Duration::from_nanos(1_499));
+        assert_eq!(out, b"0.001", "rounded to the microsecond");
+    }
+
+    #[test]
+    fn a_json_line_with_every_field_set_and_hostile_values_parses() {
+        let mut r = record();
+        r.path = "/a\"b\\c".into();
+        r.token_id = Some(HeaderValue::from_static("id\"x"));
+        r.error = Some("invalid_token");
+        r.upstream_request_id = Some(HeaderValue::from_bytes(b"caf\xe9").unwrap());
+        r.ts = SystemTime::UNIX_EPOCH + Duration::new(1_764_825_345, 5);
+        let line = format_line(&r, true);
+        let v: serde_json::Value = serde_json::from_slice(&line).unwrap();
+        assert_eq!(v["path"], "/a\"b\\c");
+        assert_eq!(v["token_id"], "id\"x");
+        assert_eq!(v["error"], "invalid_token");
+        assert!(v["upstream_request_id"].is_null(), "not text");
+        assert_eq!(v["ts"], "2025-12-04T05:15:45.000000005Z");
+        assert_eq!(line.last(), Some(&b'\n'));
     }
 
     #[test]
