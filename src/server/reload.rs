@@ -24,7 +24,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use crate::config::{self, TokenSourceSettings};
 use crate::gateway::Gateway;
 use crate::policy::Policy;
-use crate::tokens::source::{Announced, Fingerprint, Loaded};
+use crate::tokens::source::{Announced, Fingerprint, Loaded, Pending};
 use crate::tokens::usage::FLUSH_INTERVAL;
 use crate::tokens::{Source, TokenIndex};
 
@@ -217,10 +217,9 @@ async fn load_loop(
             }
         }
         let announced = kick.take();
-        let mut in_full = announced.anything;
-        if !in_full && !announced.ids.is_empty() {
-            let ids: Vec<String> = announced.ids.into_iter().collect();
-            if apply_changes(&gateway, &source, &ids).await {
+        let mut in_full = false;
+        if !announced.is_empty() {
+            if apply_changes(&gateway, &source, &announced).await {
                 applied_since = true;
             } else {
                 in_full = true;
@@ -229,21 +228,28 @@ async fn load_loop(
         if !in_full && !due {
             continue;
         }
-        let ok = if !in_full && applied_since {
-            // Every change since the last fingerprint was announced and
-            // applied: this state is the new reference.
-            let taken = source.fingerprint().await;
-            gateway
-                .retained
-                .metrics
-                .token_source_up
-                .set(i64::from(taken.is_some()));
-            if taken.is_none() {
-                tracing::warn!("token source unavailable; keeping the index serving");
+        // Every change since the last fingerprint was announced and
+        // applied: the source's fingerprint now is the new reference (a
+        // source that takes none is read in full).
+        let adopted = match in_full || !applied_since {
+            true => None,
+            false => match source.fingerprint().await {
+                Ok(Some(taken)) => Some(Some(taken)),
+                Ok(None) => None,
+                Err(error) => {
+                    tracing::warn!(%error, "token source unavailable; keeping the index serving");
+                    Some(None)
+                }
+            },
+        };
+        let ok = if let Some(taken) = adopted {
+            let ok = taken.is_some();
+            gateway.retained.metrics.token_source_up.set(i64::from(ok));
+            if ok {
+                fingerprint = taken;
+                applied_since = false;
             }
-            applied_since &= taken.is_none();
-            fingerprint = taken.or(fingerprint);
-            !applied_since
+            ok
         } else {
             let ok = load_once(&gateway, &source, &mut fingerprint, applied_since).await;
             applied_since &= !ok;
@@ -261,18 +267,23 @@ async fn load_loop(
     }
 }
 
-/// Reads the tokens `ids` name and applies them to the index serving;
-/// `false` when a full load must do it instead (the source reads only in
-/// full, no index serves yet, too many changes since the last full load,
-/// or the read failed).
-async fn apply_changes(gateway: &Gateway, source: &Source, ids: &[String]) -> bool {
+/// Reads the tokens that changed (as `announced`, or the source's change
+/// log, names them) and applies them to the index serving; `false` when a
+/// full load must do it instead (the source reads only in full, no index
+/// serves yet, too many changes since the last full load, or the read
+/// failed).
+async fn apply_changes(gateway: &Gateway, source: &Source, announced: &Pending) -> bool {
     let Some(serving) = gateway.current.load().tokens.clone() else {
         return false;
     };
-    if serving.changed_since_load() + ids.len() > MAX_CHANGES {
+    if serving.changed_since_load() + announced.ids.len() > MAX_CHANGES {
         return false;
     }
-    let changed = match source.read_tokens(ids).await {
+    let changed = match source.read_changes(announced).await {
+        Ok(Some(changed)) if changed.is_empty() => return true,
+        Ok(Some(changed)) if serving.changed_since_load() + changed.len() > MAX_CHANGES => {
+            return false
+        }
         Ok(Some(changed)) => changed,
         Ok(None) => return false,
         Err(error) => {
@@ -282,7 +293,7 @@ async fn apply_changes(gateway: &Gateway, source: &Source, ids: &[String]) -> bo
     };
     match serving.with_changes(changed) {
         Ok(index) => {
-            tracing::debug!(tokens = ids.len(), "token changes applied");
+            tracing::debug!(tokens = index.changed_since_load(), "token changes applied");
             gateway.retained.metrics.token_source_up.set(1);
             install(gateway, index);
             true

@@ -510,6 +510,49 @@ async fn file_rotate_enable_and_delete_reach_a_running_gateway() {
 }
 
 #[tokio::test]
+async fn sqlite_a_change_to_one_token_is_read_from_the_change_log_alone() {
+    let up = Upstream::start().await;
+    // Only the file watch and the change log can make it in time.
+    let gw = Gw::start_unready(&sqlite_config(up.addr, "60s"), "").await;
+    let config = gw.path("gateway.yaml");
+    let kept = create(&config, "kept").await;
+    let doomed = create(&config, "doomed").await;
+    wait_ready(&gw, Duration::from_secs(10)).await;
+    within(Duration::from_secs(5), "tokens loaded", || async {
+        status(&gw, &doomed).await == 200
+    })
+    .await;
+    // A full read would start the count of changes again from 0.
+    let before = changed_since_load(&gw);
+    let third = create(&config, "third").await;
+    within(Duration::from_secs(1), "created token accepted", || async {
+        status(&gw, &third).await == 200
+    })
+    .await;
+    assert_eq!(
+        changed_since_load(&gw),
+        before + 1,
+        "not from the change log"
+    );
+    revoke(&config, "third").await;
+    revoke(&config, "doomed").await;
+    let delay = within(Duration::from_secs(5), "revoked tokens refused", || async {
+        status(&gw, &doomed).await == 401 && status(&gw, &third).await == 401
+    })
+    .await;
+    assert!(delay < Duration::from_secs(1), "revocation took {delay:?}");
+    let after = changed_since_load(&gw);
+    assert!(after > before, "re-read in full");
+    // The gateway's own last_used_at writes change the file but log
+    // nothing: no full read follows.
+    let flushed = gw.launched.control.flush_usage().await.unwrap();
+    assert!(flushed >= 1, "{flushed}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(changed_since_load(&gw), after, "re-read in full");
+    assert_eq!(status(&gw, &kept).await, 200);
+}
+
+#[tokio::test]
 async fn sqlite_a_token_created_by_the_cli_works_and_its_revocation_arrives_within_the_refresh_interval(
 ) {
     let up = Upstream::start().await;

@@ -138,6 +138,13 @@ pub struct Pending {
     pub ids: HashSet<String>,
 }
 
+impl Pending {
+    /// Whether nothing was announced.
+    pub fn is_empty(&self) -> bool {
+        !self.anything && self.ids.is_empty()
+    }
+}
+
 impl Announced {
     /// Anything may have changed (a file was written, a listener
     /// reconnected, a statement changed too many rows to name).
@@ -343,24 +350,35 @@ impl Source {
         }
     }
 
-    /// The fingerprint of what a load would read now, without reading it
-    /// (PostgreSQL only; one scan on the server).
-    pub async fn fingerprint(&self) -> Option<Fingerprint> {
+    /// The fingerprint of what a load would read now, without reading it:
+    /// `Ok(None)` for a source that takes none (it is read in full);
+    /// `Err` when the source cannot be reached. PostgreSQL only (one scan
+    /// on the server).
+    pub async fn fingerprint(&self) -> Result<Option<Fingerprint>, SourceError> {
         match self {
-            Source::Postgres(s) => s.fingerprint().await,
-            Source::File(_) | Source::Sqlite(_) => None,
+            Source::Postgres(s) => s
+                .fingerprint()
+                .await
+                .map(Some)
+                .ok_or_else(|| SourceError::Unavailable("postgres: no fingerprint".into())),
+            Source::File(_) | Source::Sqlite(_) => Ok(None),
         }
     }
 
-    /// The current records of `ids` (`None` where a token is gone or its
-    /// row is now invalid), read without reading any other token: how a
-    /// source that announces which tokens changed has them applied.
-    /// `Ok(None)`: this source reads only in full (a file, SQLite, a custom
-    /// query, whose rows are not found by token id).
-    pub async fn read_tokens(&self, ids: &[String]) -> Result<Option<Changed>, SourceError> {
+    /// The tokens that changed since the index was read, each with its
+    /// current record (`None`: gone), read without reading any other
+    /// token: PostgreSQL reads the rows `announced` names, SQLite those
+    /// its change log names. `Ok(None)`: only a full read can tell (a
+    /// file, a custom query, an announcement of anything on PostgreSQL, a
+    /// change log that cannot say).
+    pub async fn read_changes(&self, announced: &Pending) -> Result<Option<Changed>, SourceError> {
         match self {
-            Source::Postgres(s) => s.read_tokens(ids).await,
-            Source::File(_) | Source::Sqlite(_) => Ok(None),
+            Source::Postgres(s) if !announced.anything => {
+                let ids: Vec<String> = announced.ids.iter().cloned().collect();
+                s.read_tokens(&ids).await
+            }
+            Source::Sqlite(s) => s.read_logged().await,
+            Source::Postgres(_) | Source::File(_) => Ok(None),
         }
     }
 

@@ -250,17 +250,7 @@ impl PostgresSource {
             // A full load logs and counts it with the others.
             return Ok(None);
         }
-        let mut found: std::collections::HashMap<TokenId, TokenRecord> =
-            records.into_iter().map(|r| (r.id.clone(), r)).collect();
-        Ok(Some(
-            ids.iter()
-                .filter_map(|id| TokenId::parse(id).ok())
-                .map(|id| {
-                    let record = found.remove(&id);
-                    (id, record)
-                })
-                .collect(),
-        ))
+        Ok(Some(sql::by_id(ids, records)))
     }
 
     /// Inserts a token; refuses a duplicate id or secret.

@@ -25,6 +25,7 @@ pub(crate) use stored::{format_time, now, Stored};
 
 use super::SourceError;
 use crate::tokens::split::SplitTokens;
+use crate::tokens::{TokenId, TokenRecord};
 
 /// The table every database source reads (unless a custom query is set).
 pub const TABLE: &str = "tollgate_tokens";
@@ -63,6 +64,20 @@ const COLUMNS: [&str; 18] = [
 const TABLE_COLUMNS: usize = 14;
 /// The leading columns the token index uses; the rest are for `token list`.
 const INDEX_COLUMNS: usize = 10;
+
+/// Each id of `ids` that a token may have, with its record among
+/// `records` or `None` (gone): what a partial read hands the index.
+pub(crate) fn by_id(ids: &[String], records: Vec<TokenRecord>) -> super::Changed {
+    let mut found: HashMap<TokenId, TokenRecord> =
+        records.into_iter().map(|r| (r.id.clone(), r)).collect();
+    ids.iter()
+        .filter_map(|id| TokenId::parse(id).ok())
+        .map(|id| {
+            let record = found.remove(&id);
+            (id, record)
+        })
+        .collect()
+}
 
 /// `SELECT <every table column> FROM tollgate_tokens`.
 pub(crate) fn default_query() -> String {

@@ -1,6 +1,9 @@
 //! The SQLite token source (§4): `tollgate_tokens` in a database file, with
 //! RFC 3339 text timestamps and 0/1 booleans; changes are noticed by
-//! watching the file and its `-wal`.
+//! watching the file and its `-wal`, and found in a change log that
+//! triggers keep (`tollgate_token_changes`: a sequence number and the id of
+//! each token inserted, changed or deleted), so a change is applied by
+//! reading its row alone.
 //!
 //! This module owns the source (loads and writes); `watch` noticing
 //! changes, `cells` decoding a result cell.
@@ -44,6 +47,33 @@ const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS tollgate_tokens (
     last_used_at  TEXT
 )";
 
+/// The change log and the triggers that fill it. An update of
+/// `last_used_at` alone (the gateway's own writes) or of the description
+/// is not logged. The log keeps the last 10,000 or so entries (pruned
+/// every thousandth); a reader that fell further behind reads in full.
+const CHANGE_LOG: &str = "CREATE TABLE IF NOT EXISTS tollgate_token_changes (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id  TEXT NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS tollgate_tokens_inserted AFTER INSERT ON tollgate_tokens
+BEGIN INSERT INTO tollgate_token_changes (id) VALUES (NEW.id); END;
+CREATE TRIGGER IF NOT EXISTS tollgate_tokens_updated AFTER UPDATE OF id, sha256, scopes,
+    read_only, expires_at, allowed_ips, rate_requests, rate_per_ms, rate_burst, disabled
+    ON tollgate_tokens
+BEGIN
+    INSERT INTO tollgate_token_changes (id) VALUES (OLD.id);
+    INSERT INTO tollgate_token_changes (id) SELECT NEW.id WHERE NEW.id IS NOT OLD.id;
+END;
+CREATE TRIGGER IF NOT EXISTS tollgate_tokens_deleted AFTER DELETE ON tollgate_tokens
+BEGIN INSERT INTO tollgate_token_changes (id) VALUES (OLD.id); END;
+CREATE TRIGGER IF NOT EXISTS tollgate_token_changes_pruned AFTER INSERT ON tollgate_token_changes
+    WHEN NEW.seq % 1000 = 0
+BEGIN DELETE FROM tollgate_token_changes WHERE seq <= NEW.seq - 10000; END;";
+
+/// More logged changes than this since the index's position are read in
+/// full.
+const MAX_LOGGED: i64 = 1_000;
+
 /// [`Change`]'s statements: times are RFC 3339 text, compared as Julian days.
 const CHANGE_SQL: sql::ChangeSql = sql::ChangeSql {
     disable: "UPDATE tollgate_tokens SET disabled = ?2, updated_at = ?3 WHERE id = ?1",
@@ -71,6 +101,9 @@ pub struct SqliteSource {
     pool: Mutex<Option<(SqlitePool, Option<FileId>)>>,
     watcher: Mutex<Option<notify::RecommendedWatcher>>,
     reported: sql::Reported,
+    /// The change-log position the last index read reflects (`None`:
+    /// unknown, or no log).
+    logged: Mutex<Option<i64>>,
 }
 
 impl SqliteSource {
@@ -84,6 +117,7 @@ impl SqliteSource {
             pool: Mutex::new(None),
             watcher: Mutex::new(None),
             reported: sql::Reported::default(),
+            logged: Mutex::new(None),
         }
     }
 
@@ -130,16 +164,100 @@ impl SqliteSource {
         let read = async {
             let db = |e| self.db_error(e);
             let mut conn = pool.acquire().await.map_err(db)?;
-            let statement = conn.prepare(&sql).await.map_err(db)?;
+            // One read transaction: the log position and the rows agree.
+            let mut tx = conn.begin().await.map_err(db)?;
+            let logged = match self.query {
+                Some(_) => None,
+                None => log_position(&mut tx).await,
+            };
+            let statement = (&mut *tx).prepare(&sql).await.map_err(db)?;
             let shape = sql::shape_of(&origin, &statement, self.split.as_ref())?;
-            let stream = statement.query().fetch(&mut *conn);
-            sql::build(&origin, &shape, self.split.as_ref(), 0, stream, db).await
+            let stream = statement.query().fetch(&mut *tx);
+            let built = sql::build(&origin, &shape, self.split.as_ref(), 0, stream, db).await?;
+            let _ = tx.commit().await;
+            Ok((built, logged))
         };
-        let (index, invalid) = tokio::time::timeout(sql::QUERY_TIMEOUT, read)
+        let ((index, invalid), logged) = tokio::time::timeout(sql::QUERY_TIMEOUT, read)
             .await
             .unwrap_or_else(|_| Err(self.unavailable("the query timed out")))?;
         self.reported.log(&origin, invalid);
+        *self.logged.lock().unwrap_or_else(PoisonError::into_inner) = logged;
         Ok(index)
+    }
+
+    /// The tokens the change log names since the last read, each with its
+    /// current record (`None`: gone), read in one transaction; `Ok(None)`
+    /// when only a full read can tell: a custom query, no position yet, a
+    /// log pruned past the position, more than [`MAX_LOGGED`] changes, or
+    /// an invalid row among them (a full read counts it). An empty list:
+    /// nothing the index holds changed (the gateway's own `last_used_at`
+    /// writes).
+    pub async fn read_logged(&self) -> Result<Option<super::Changed>, SourceError> {
+        let Some(since) = *self.logged.lock().unwrap_or_else(PoisonError::into_inner) else {
+            return Ok(None);
+        };
+        if self.query.is_some() {
+            return Ok(None);
+        }
+        let pool = self.pool().await?;
+        let sql = format!(
+            "SELECT * FROM ({}) AS t WHERE t.id IN (SELECT value FROM json_each(?1))",
+            sql::index_query()
+        );
+        let origin = self.origin();
+        let db = |e| self.db_error(e);
+        let read = async {
+            let mut conn = pool.acquire().await.map_err(db)?;
+            let mut tx = conn.begin().await.map_err(db)?;
+            let oldest: Option<i64> =
+                sqlx::query_scalar("SELECT min(seq) FROM tollgate_token_changes")
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(db)?;
+            if oldest.is_some_and(|oldest| oldest > since + 1) {
+                return Ok(None);
+            }
+            let logged: Vec<(i64, String)> = sqlx::query_as(
+                "SELECT seq, id FROM tollgate_token_changes WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+            )
+            .bind(since)
+            .bind(MAX_LOGGED + 1)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db)?;
+            if logged.len() as i64 > MAX_LOGGED {
+                return Ok(None);
+            }
+            let Some(&(last, _)) = logged.last() else {
+                return Ok(Some((since, Vec::new(), Vec::new())));
+            };
+            let mut ids: Vec<String> = logged.into_iter().map(|(_, id)| id).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            let named = serde_json::to_string(&ids).unwrap_or_default();
+            let statement = (&mut *tx).prepare(&sql).await.map_err(db)?;
+            let shape = sql::shape_of(&origin, &statement, None)?;
+            let rows = statement
+                .query()
+                .bind(named)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(db)?;
+            let (records, invalid) = sql::records(&origin, &shape, &rows)?;
+            let _ = tx.commit().await;
+            if !invalid.is_empty() {
+                return Ok(None);
+            }
+            Ok(Some((last, ids, records)))
+        };
+        let read = tokio::time::timeout(sql::QUERY_TIMEOUT, read)
+            .await
+            .unwrap_or_else(|_| Err(self.unavailable("the query timed out")))?;
+        let Some((position, ids, records)) = read else {
+            return Ok(None);
+        };
+        *self.logged.lock().unwrap_or_else(PoisonError::into_inner) = Some(position);
+        Ok(Some(sql::by_id(&ids, records)))
     }
 
     /// Creates the database file and `tollgate_tokens` when missing. A
@@ -153,6 +271,9 @@ impl SqliteSource {
             .await
             .map_err(|e| self.db_error(e))?;
         conn.execute(SCHEMA).await.map_err(|e| self.db_error(e))?;
+        conn.execute(CHANGE_LOG)
+            .await
+            .map_err(|e| self.db_error(e))?;
         conn.close().await.map_err(|e| self.db_error(e))
     }
 
@@ -376,6 +497,16 @@ impl SqliteSource {
 type FileId = (u64, u64);
 
 #[cfg(unix)]
+/// The change log's last sequence number (0 when empty), or `None` when the
+/// database has no log (made by an older version, or read-only).
+async fn log_position(conn: &mut sqlx::SqliteConnection) -> Option<i64> {
+    sqlx::query_scalar::<_, Option<i64>>("SELECT max(seq) FROM tollgate_token_changes")
+        .fetch_one(conn)
+        .await
+        .ok()
+        .map(|seq| seq.unwrap_or(0))
+}
+
 fn file_id(metadata: &std::fs::Metadata) -> Option<FileId> {
     use std::os::unix::fs::MetadataExt;
     Some((metadata.dev(), metadata.ino()))

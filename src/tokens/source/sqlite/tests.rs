@@ -267,3 +267,108 @@ async fn watch_ignores_other_files_in_the_directory() {
     let heard = tokio::time::timeout(Duration::from_millis(500), changed.notified()).await;
     assert!(heard.is_err(), "a change to another file was reported");
 }
+
+/// What `read_logged` names, by id, sorted; `None` when it asks for a full
+/// read.
+async fn logged(source: &SqliteSource) -> Option<Vec<(String, bool)>> {
+    let mut named: Vec<(String, bool)> = source
+        .read_logged()
+        .await
+        .unwrap()?
+        .into_iter()
+        .map(|(id, record)| (id.to_string(), record.is_some()))
+        .collect();
+    named.sort();
+    Some(named)
+}
+
+#[tokio::test]
+async fn the_change_log_names_each_changed_token_once_and_not_the_gateways_own_writes() {
+    let (_dir, path) = temp();
+    let source = SqliteSource::new(path.clone(), None);
+    source.ensure_schema().await.unwrap();
+    source.create(&record("a", "s1")).await.unwrap();
+    source.create(&record("b", "s2")).await.unwrap();
+    assert_eq!(
+        logged(&source).await,
+        None,
+        "no position before a full read"
+    );
+    assert_eq!(source.load_index().await.unwrap().len(), 2);
+    assert_eq!(logged(&source).await, Some(vec![]));
+
+    source.revoke(&id("a")).await.unwrap();
+    source.revoke(&id("a")).await.unwrap();
+    let revoked = source.read_logged().await.unwrap().unwrap();
+    assert_eq!(revoked.len(), 1, "{revoked:?}");
+    assert!(revoked[0].1.as_ref().unwrap().disabled);
+    assert_eq!(logged(&source).await, Some(vec![]), "read once");
+
+    source
+        .record_use(&[("b".into(), sql::now())])
+        .await
+        .unwrap();
+    raw(&path, "UPDATE tollgate_tokens SET description = 'x'").await;
+    assert_eq!(logged(&source).await, Some(vec![]), "use and description");
+
+    source.change(&id("b"), &Change::Delete).await.unwrap();
+    raw(&path, "UPDATE tollgate_tokens SET id = 'a2' WHERE id = 'a'").await;
+    assert_eq!(
+        logged(&source).await,
+        Some(vec![
+            ("a".into(), false),
+            ("a2".into(), true),
+            ("b".into(), false)
+        ])
+    );
+
+    // More than a read applies at once: a full read.
+    raw(
+        &path,
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1001) \
+         INSERT INTO tollgate_tokens (id, sha256, scopes) SELECT 'bulk-' || i, lower(hex(randomblob(32))), 's' FROM n",
+    )
+    .await;
+    assert_eq!(logged(&source).await, None);
+    assert_eq!(source.load_index().await.unwrap().len(), 1002);
+    assert_eq!(logged(&source).await, Some(vec![]));
+
+    // An invalid row among the changed ones: left to a full read.
+    raw(
+        &path,
+        "UPDATE tollgate_tokens SET allowed_ips = 'nowhere' WHERE id = 'a2'",
+    )
+    .await;
+    assert_eq!(logged(&source).await, None);
+
+    // Pruned past the position: a full read.
+    assert_eq!(source.load_index().await.unwrap().len(), 1001);
+    raw(
+        &path,
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 12000) \
+         INSERT INTO tollgate_token_changes (id) SELECT 'x' FROM n",
+    )
+    .await;
+    assert_eq!(logged(&source).await, None);
+    let kept: i64 = {
+        let pool = source.pool().await.unwrap();
+        sqlx::query_scalar("SELECT count(*) FROM tollgate_token_changes")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    assert!((10_000..=11_000).contains(&kept), "the log keeps {kept}");
+}
+
+#[tokio::test]
+async fn a_custom_query_has_no_change_log() {
+    let (_dir, path) = temp();
+    raw(
+        &path,
+        "CREATE TABLE keys (id TEXT, sha256 TEXT, scopes TEXT)",
+    )
+    .await;
+    let source = SqliteSource::new(path, Some("SELECT id, sha256, scopes FROM keys".into()));
+    source.load_index().await.unwrap();
+    assert_eq!(logged(&source).await, None);
+}
