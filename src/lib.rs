@@ -49,6 +49,7 @@ pub mod gateway;
 pub mod method;
 pub mod metrics;
 pub mod policy;
+pub mod progress;
 pub mod proxy;
 pub mod ratelimit;
 pub mod reject;

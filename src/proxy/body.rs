@@ -11,10 +11,8 @@
 //! client as [`ClientBodyError`], so it is never mistaken for the upstream's.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::HeaderName;
@@ -172,31 +170,7 @@ impl<E: BodyEnd> Body for ResponseBody<E> {
 /// When a request body last moved: the wait for the upstream's answer is
 /// bounded by lack of progress while the body streams, and counted from
 /// its end once it has ended.
-#[derive(Debug)]
-pub struct Progress {
-    start: Instant,
-    /// Milliseconds from `start` to the last frame (or the end).
-    last_ms: AtomicU64,
-}
-
-impl Progress {
-    pub fn new() -> Arc<Progress> {
-        Arc::new(Progress {
-            start: Instant::now(),
-            last_ms: AtomicU64::new(0),
-        })
-    }
-
-    fn touch(&self) {
-        let ms = self.start.elapsed().as_millis() as u64;
-        self.last_ms.store(ms, Ordering::Relaxed);
-    }
-
-    /// When the body last moved.
-    pub fn last(&self) -> Instant {
-        self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
-    }
-}
+pub use crate::progress::Progress;
 
 /// The client's body on its way upstream, cut off past a limit.
 pub struct RequestBody {

@@ -28,6 +28,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use self::body::{BodyTooLarge, ClientBodyError, Progress, RequestBody};
+use crate::progress::within;
 use crate::reject::Reject;
 
 /// A pooled HTTP/1.1 client to upstreams, `http` or `https`.
@@ -274,7 +275,8 @@ pub async fn forward(
             Ok((upstream.client.request(req).await?, None))
         }
     };
-    let (mut resp, lease) = match within(upstream.response_timeout, progress, sent).await {
+    let (mut resp, lease) = match within(upstream.response_timeout, progress.as_deref(), sent).await
+    {
         Err(_) => {
             warn_upstream(upstream, &"no response head within the timeout");
             return Err(Reject::GatewayTimeout);
@@ -304,28 +306,6 @@ pub async fn forward(
             head,
             body: Upstreamed::Streaming(body, lease),
         }),
-    }
-}
-
-/// `fut`, or `Err` once `timeout` has passed without it: counted from now,
-/// or — with `progress` — from the request body's last movement.
-async fn within<F: std::future::Future>(
-    timeout: Duration,
-    progress: Option<Arc<Progress>>,
-    fut: F,
-) -> Result<F::Output, tokio::time::error::Elapsed> {
-    let Some(progress) = progress else {
-        return tokio::time::timeout(timeout, fut).await;
-    };
-    let mut fut = std::pin::pin!(fut);
-    loop {
-        let deadline = tokio::time::Instant::from_std(progress.last() + timeout);
-        match tokio::time::timeout_at(deadline, &mut fut).await {
-            Ok(out) => return Ok(out),
-            // The body moved since this deadline was set: wait on.
-            Err(_) if progress.last() + timeout > deadline.into_std() => continue,
-            Err(elapsed) => return Err(elapsed),
-        }
     }
 }
 

@@ -21,6 +21,7 @@ use tokio::task::AbortHandle;
 
 use super::sql::{self, InvalidRow, Stored};
 use super::{Announced, Change, Changed, Fingerprint, Loaded, SourceError};
+use crate::progress::{within, Progress};
 use crate::tokens::split::SplitTokens;
 use crate::tokens::{TokenId, TokenIndex, TokenRecord};
 
@@ -153,6 +154,7 @@ impl PostgresSource {
         let pool = self.pool().await?;
         let sql = self.query.clone().unwrap_or_else(sql::index_query);
         let db = |e| self.db_error(e);
+        let progress = Progress::new();
         let read = async {
             let mut tx = pool.begin().await.map_err(db)?;
             tx.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
@@ -170,14 +172,22 @@ impl PostgresSource {
             let shape = sql::shape_of(self.origin(), &statement, self.split.as_ref())?;
             let rows = before.as_ref().map_or(0, |(_, rows)| *rows);
             let stream = statement.query().fetch(&mut *tx);
-            let (index, invalid) =
-                sql::build(self.origin(), &shape, self.split.as_ref(), rows, stream, db).await?;
+            let (index, invalid) = sql::build(
+                self.origin(),
+                &shape,
+                self.split.as_ref(),
+                rows,
+                stream,
+                &progress,
+                db,
+            )
+            .await?;
             self.reported.log(self.origin(), invalid);
             Ok(Some((tx, index, before.map(|(f, _)| f))))
         };
-        let read = tokio::time::timeout(sql::QUERY_TIMEOUT, read)
+        let read = within(sql::QUERY_TIMEOUT, Some(&progress), read)
             .await
-            .unwrap_or_else(|_| Err(self.unavailable("the query timed out")))?;
+            .unwrap_or_else(|_| Err(self.unavailable("the query made no progress for 30 s")))?;
         let Some((mut tx, index, before)) = read else {
             return Ok(Loaded::Unchanged);
         };

@@ -34,7 +34,10 @@ pub const TABLE: &str = "tollgate_tokens";
 pub const READ_ONLY_QUERY: &str =
     "tokens come from a custom query; manage them in the application that owns the table";
 
-/// How long one load may take before the source counts as unavailable.
+/// How long a query may make no progress before the source counts as
+/// unavailable: a whole read (`check`, `token list`), or the wait for the
+/// next batch of rows of an index load, which may take as long as it needs
+/// while rows keep arriving.
 pub(crate) const QUERY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Every column a result may carry, in the order of the default `SELECT`.

@@ -113,13 +113,16 @@ pub(crate) fn records<R: Cells>(
 /// the records are ever all held at once. An invalid row is skipped and
 /// counted in the index; a duplicate id or secret, a column of the wrong
 /// SQL type or a database error part-way fails the whole load. `capacity`
-/// is a hint.
+/// is a hint. Rows arriving mark `progress` (every few thousand), so the
+/// caller can bound the load by lack of progress rather than by its
+/// length: ten million rows take longer than any fixed timeout.
 pub(crate) async fn build<R, S>(
     origin: &str,
     shape: &Shape,
     split: Option<&Arc<SplitTokens>>,
     capacity: usize,
     mut rows: S,
+    progress: &crate::progress::Progress,
     db_error: impl Fn(sqlx::Error) -> SourceError,
 ) -> Result<(TokenIndex, Vec<InvalidRow>), SourceError>
 where
@@ -149,6 +152,7 @@ where
         }
         n += 1;
         if n % YIELD_EVERY == 0 {
+            progress.touch();
             tokio::task::yield_now().await;
         }
     }

@@ -22,6 +22,7 @@ use time::OffsetDateTime;
 
 use super::sql::{self, InvalidRow, Stored};
 use super::{Change, SourceError};
+use crate::progress::{within, Progress};
 use crate::tokens::split::SplitTokens;
 use crate::tokens::{TokenId, TokenIndex, TokenRecord};
 
@@ -161,6 +162,7 @@ impl SqliteSource {
         let pool = self.pool().await?;
         let sql = self.query.clone().unwrap_or_else(sql::index_query);
         let origin = self.origin();
+        let progress = Progress::new();
         let read = async {
             let db = |e| self.db_error(e);
             let mut conn = pool.acquire().await.map_err(db)?;
@@ -173,13 +175,14 @@ impl SqliteSource {
             let statement = (&mut *tx).prepare(&sql).await.map_err(db)?;
             let shape = sql::shape_of(&origin, &statement, self.split.as_ref())?;
             let stream = statement.query().fetch(&mut *tx);
-            let built = sql::build(&origin, &shape, self.split.as_ref(), 0, stream, db).await?;
+            let split = self.split.as_ref();
+            let built = sql::build(&origin, &shape, split, 0, stream, &progress, db).await?;
             let _ = tx.commit().await;
             Ok((built, logged))
         };
-        let ((index, invalid), logged) = tokio::time::timeout(sql::QUERY_TIMEOUT, read)
+        let ((index, invalid), logged) = within(sql::QUERY_TIMEOUT, Some(&progress), read)
             .await
-            .unwrap_or_else(|_| Err(self.unavailable("the query timed out")))?;
+            .unwrap_or_else(|_| Err(self.unavailable("the query made no progress for 30 s")))?;
         self.reported.log(&origin, invalid);
         *self.logged.lock().unwrap_or_else(PoisonError::into_inner) = logged;
         Ok(index)
