@@ -7,7 +7,8 @@
 //! change costs the same at ten tokens and at ten million; the periodic
 //! check then takes the source's fingerprint afresh, and a full load
 //! (which empties the changes) happens when the listener may have missed
-//! one, or when the changes since the last full load pile up. A failed load or config keeps what is serving and says why.
+//! one, or when the changes since the last full load pile up. A failed
+//! load or config keeps what is serving and says why.
 //! The loader also owns writing `last_used_at` back (every
 //! [`FLUSH_INTERVAL`], and on demand), since it owns the source.
 //! Invariant: only complete, validated results are swapped in, and a
@@ -231,29 +232,27 @@ async fn load_loop(
         // Every change since the last fingerprint was announced and
         // applied: the source's fingerprint now is the new reference (a
         // source that takes none is read in full).
-        let adopted = match in_full || !applied_since {
-            true => None,
-            false => match source.fingerprint().await {
-                Ok(Some(taken)) => Some(Some(taken)),
-                Ok(None) => None,
-                Err(error) => {
-                    tracing::warn!(%error, "token source unavailable; keeping the index serving");
-                    Some(None)
-                }
-            },
+        let taken = match in_full || !applied_since {
+            true => Ok(None),
+            false => source.fingerprint().await,
         };
-        let ok = if let Some(taken) = adopted {
-            let ok = taken.is_some();
-            gateway.retained.metrics.token_source_up.set(i64::from(ok));
-            if ok {
-                fingerprint = taken;
+        let ok = match taken {
+            Ok(Some(taken)) => {
+                gateway.retained.metrics.token_source_up.set(1);
+                fingerprint = Some(taken);
                 applied_since = false;
+                true
             }
-            ok
-        } else {
-            let ok = load_once(&gateway, &source, &mut fingerprint, applied_since).await;
-            applied_since &= !ok;
-            ok
+            Ok(None) => {
+                let ok = load_once(&gateway, &source, &mut fingerprint, applied_since).await;
+                applied_since &= !ok;
+                ok
+            }
+            Err(error) => {
+                gateway.retained.metrics.token_source_up.set(0);
+                tracing::warn!(%error, "token source unavailable; keeping the index serving");
+                false
+            }
         };
         let wait = if ok || gateway.current.load().tokens.is_some() {
             backoff = FIRST_BACKOFF;
