@@ -14,6 +14,7 @@
 //! Invariant: only complete, validated results are swapped in, and a
 //! replaced index is freed by the loader, never by a request.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -25,9 +26,9 @@ use tokio::time::{Instant, MissedTickBehavior};
 use crate::config::{self, TokenSourceSettings};
 use crate::gateway::Gateway;
 use crate::policy::Policy;
-use crate::tokens::source::{Announced, Fingerprint, Loaded, Pending};
+use crate::tokens::source::{Announced, Changed, Fingerprint, Loaded, Pending, SourceError};
 use crate::tokens::usage::FLUSH_INTERVAL;
-use crate::tokens::{Source, TokenIndex};
+use crate::tokens::{Source, TokenId, TokenIndex, TokenRecord};
 
 /// First retry delay before any load has succeeded.
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
@@ -170,7 +171,7 @@ async fn load_loop(
     mut flushes: mpsc::Receiver<FlushRequest>,
 ) {
     let source = match Source::open(&settings) {
-        Ok(s) => s,
+        Ok(s) => Arc::new(s),
         Err(e) => {
             tracing::error!(error = %e, "token source cannot be opened");
             gateway.retained.metrics.token_source_up.set(0);
@@ -185,19 +186,44 @@ async fn load_loop(
     // The contract: serve creates the table (and trigger) when missing. A
     // failure is logged; the load reports the source as down and retries.
     let mut schema_ready = false;
-    let mut fingerprint = None;
-    // Tokens were applied one by one since `fingerprint` was taken, so it
-    // no longer describes the index serving.
-    let mut applied_since = false;
+    let mut state = LoadState::default();
     let mut backoff = FIRST_BACKOFF;
     let mut next_load = Instant::now();
     let mut flush_tick = tokio::time::interval_at(Instant::now() + FLUSH_INTERVAL, FLUSH_INTERVAL);
     flush_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         let due = tokio::select! {
-            _ = tokio::time::sleep_until(next_load) => true,
+            _ = tokio::time::sleep_until(next_load), if state.reading.is_none() => true,
             _ = kick.notified() => {
                 tokio::time::sleep(COALESCE).await;
+                false
+            }
+            index = async { state.arriving.as_mut().expect("a load in flight").await },
+                if state.arriving.is_some() =>
+            {
+                state.arriving = None;
+                if let Ok(index) = index {
+                    state.install(&gateway, index);
+                }
+                false
+            }
+            read = async { state.reading.as_mut().expect("a read in flight").await },
+                if state.reading.is_some() =>
+            {
+                state.reading = None;
+                let ok = match read {
+                    Ok(read) => state.finish(&gateway, read),
+                    Err(_) => false,
+                };
+                let wait = if ok || gateway.current.load().tokens.is_some() {
+                    backoff = FIRST_BACKOFF;
+                    settings.refresh_interval
+                } else {
+                    let wait = backoff;
+                    backoff = (backoff * 2).min(settings.refresh_interval.max(FIRST_BACKOFF));
+                    wait
+                };
+                next_load = Instant::now() + wait;
                 false
             }
             _ = flush_tick.tick() => {
@@ -218,88 +244,189 @@ async fn load_loop(
             }
         }
         let announced = kick.take();
-        let mut in_full = false;
         if !announced.is_empty() {
-            if apply_changes(&gateway, &source, &announced).await {
-                applied_since = true;
-            } else {
-                in_full = true;
+            match apply_changes(&gateway, &source, &announced).await {
+                Some(applied) => state.applied(applied),
+                None => state.full_wanted = true,
             }
         }
-        if !in_full && !due {
-            continue;
+        if (due || state.full_wanted) && state.reading.is_none() {
+            state.start(&gateway, &source);
         }
-        // Every change since the last fingerprint was announced and
-        // applied: the source's fingerprint now is the new reference (a
-        // source that takes none is read in full).
-        let taken = match in_full || !applied_since {
-            true => Ok(None),
-            false => source.fingerprint().await,
+    }
+}
+
+/// What a read in the background brought back.
+enum Read {
+    /// A full load: what it did (its index arrives on its own, before the
+    /// load takes the fingerprint of what it read).
+    Load(Result<Loaded, SourceError>),
+    /// The source's fingerprint, to be the new reference.
+    Fingerprint(Result<Option<Fingerprint>, SourceError>),
+}
+
+/// The loader's reads: at most one in flight (a full load, or a
+/// fingerprint), in a task of its own, so that changes keep being applied
+/// while ten million rows are read or scanned.
+#[derive(Default)]
+struct LoadState {
+    /// The fingerprint of the last full load or of an adopted state.
+    fingerprint: Option<Fingerprint>,
+    /// Tokens were applied one by one since `fingerprint` was taken, so
+    /// it no longer describes the index serving.
+    applied_since: bool,
+    /// Only a full load can tell what changed.
+    full_wanted: bool,
+    reading: Option<JoinHandle<Read>>,
+    /// The index of the full load in flight, once it is read.
+    arriving: Option<oneshot::Receiver<TokenIndex>>,
+    /// Changes applied while the read in flight runs: a full load's index
+    /// gets them again (it may have been read before them).
+    during: HashMap<TokenId, Option<TokenRecord>>,
+}
+
+impl LoadState {
+    /// Starts a full load (comparing fingerprints when the one held still
+    /// describes the index serving), or, when every change since the last
+    /// one was announced and applied, takes the fingerprint afresh.
+    fn start(&mut self, gateway: &Gateway, source: &Arc<Source>) {
+        let source = source.clone();
+        self.during.clear();
+        if self.full_wanted || !self.applied_since {
+            self.full_wanted = false;
+            // Only compare with the fingerprint of an index that is serving.
+            let previous = self
+                .fingerprint
+                .clone()
+                .filter(|_| !self.applied_since && gateway.current.load().tokens.is_some());
+            let (read, arriving) = oneshot::channel();
+            self.arriving = Some(arriving);
+            self.reading = Some(tokio::spawn(async move {
+                let loaded = source
+                    .load_index(previous.as_ref(), |index| {
+                        let _ = read.send(index);
+                    })
+                    .await;
+                Read::Load(loaded)
+            }));
+        } else {
+            self.reading = Some(tokio::spawn(async move {
+                Read::Fingerprint(source.fingerprint().await)
+            }));
+        }
+    }
+
+    /// Notes tokens applied one by one.
+    fn applied(&mut self, changed: Changed) {
+        if changed.is_empty() {
+            return;
+        }
+        self.applied_since = true;
+        if self.reading.is_some() {
+            self.during.extend(changed);
+        }
+    }
+
+    /// Installs a full load's index, with the changes applied while it was
+    /// read applied again on top.
+    fn install(&mut self, gateway: &Gateway, index: TokenIndex) {
+        let during = std::mem::take(&mut self.during);
+        let reapplied = !during.is_empty();
+        let index = match reapplied {
+            true => index.with_changes(during),
+            false => Ok(index),
         };
-        let ok = match taken {
-            Ok(Some(taken)) => {
-                gateway.retained.metrics.token_source_up.set(1);
-                fingerprint = Some(taken);
-                applied_since = false;
+        match index {
+            Ok(index) => {
+                // The fingerprint the load takes next describes `index`
+                // without what was applied on top.
+                self.applied_since = reapplied;
+                install(gateway, index);
+            }
+            // Changes that conflict with what was read: read again.
+            Err(_) => self.full_wanted = true,
+        }
+    }
+
+    /// Acts on a finished read; whether the source answered.
+    fn finish(&mut self, gateway: &Gateway, read: Read) -> bool {
+        let metrics = &gateway.retained.metrics;
+        // The index is sent before the load ends; both can be ready at once.
+        if let Some(index) = self.arriving.take().and_then(|mut a| a.try_recv().ok()) {
+            self.install(gateway, index);
+        }
+        let during = std::mem::take(&mut self.during);
+        let ok = match read {
+            Read::Load(Ok(Loaded::Applied(taken))) => {
+                metrics.token_reload(true);
+                self.fingerprint = taken;
                 true
             }
-            Ok(None) => {
-                let ok = load_once(&gateway, &source, &mut fingerprint, applied_since).await;
-                applied_since &= !ok;
-                ok
+            Read::Load(Ok(Loaded::Unchanged)) => {
+                metrics.token_reload(true);
+                tracing::debug!("token source unchanged");
+                true
             }
-            Err(error) => {
-                gateway.retained.metrics.token_source_up.set(0);
-                tracing::warn!(%error, "token source unavailable; keeping the index serving");
+            Read::Fingerprint(Ok(Some(taken))) => {
+                self.fingerprint = Some(taken);
+                self.applied_since = !during.is_empty();
+                true
+            }
+            // A source that takes no fingerprint is read in full.
+            Read::Fingerprint(Ok(None)) => {
+                self.full_wanted = true;
+                true
+            }
+            Read::Load(Err(error)) | Read::Fingerprint(Err(error)) => {
+                metrics.token_reload(false);
+                tracing::warn!(%error, "token load failed; keeping the last good index");
                 false
             }
         };
-        let wait = if ok || gateway.current.load().tokens.is_some() {
-            backoff = FIRST_BACKOFF;
-            settings.refresh_interval
-        } else {
-            let wait = backoff;
-            backoff = (backoff * 2).min(settings.refresh_interval.max(FIRST_BACKOFF));
-            wait
-        };
-        next_load = Instant::now() + wait;
+        metrics.token_source_up.set(i64::from(ok));
+        ok
     }
 }
 
 /// Reads the tokens that changed (as `announced`, or the source's change
-/// log, names them) and applies them to the index serving; `false` when a
-/// full load must do it instead (the source reads only in full, no index
-/// serves yet, too many changes since the last full load, or the read
-/// failed).
-async fn apply_changes(gateway: &Gateway, source: &Source, announced: &Pending) -> bool {
-    let Some(serving) = gateway.current.load().tokens.clone() else {
-        return false;
-    };
+/// log, names them) and applies them to the index serving: what was
+/// applied, or `None` when a full load must do it instead (the source
+/// reads only in full, no index serves yet, too many changes since the
+/// last full load, or the read failed).
+async fn apply_changes(gateway: &Gateway, source: &Source, announced: &Pending) -> Option<Changed> {
+    let serving = gateway.current.load().tokens.clone()?;
     if serving.changed_since_load() + announced.ids.len() > MAX_CHANGES {
-        return false;
+        return None;
     }
     let changed = match source.read_changes(announced).await {
-        Ok(Some(changed)) if changed.is_empty() => return true,
-        Ok(Some(changed)) if serving.changed_since_load() + changed.len() > MAX_CHANGES => {
-            return false
+        // An id that is not ours and still is not (another schema's token,
+        // announced on the same channel) changes nothing.
+        Ok(Some(mut changed)) => {
+            changed.retain(|(id, now)| now.is_some() || serving.concerns(id.as_str()));
+            changed
         }
-        Ok(Some(changed)) => changed,
-        Ok(None) => return false,
+        Ok(None) => return None,
         Err(error) => {
             tracing::warn!(%error, "cannot read the changed tokens; loading in full");
-            return false;
+            return None;
         }
     };
-    match serving.with_changes(changed) {
+    if changed.is_empty() {
+        return Some(changed);
+    }
+    if serving.changed_since_load() + changed.len() > MAX_CHANGES {
+        return None;
+    }
+    match serving.with_changes(changed.iter().cloned()) {
         Ok(index) => {
             tracing::debug!(tokens = index.changed_since_load(), "token changes applied");
             gateway.retained.metrics.token_source_up.set(1);
             install(gateway, index);
-            true
+            Some(changed)
         }
         Err(error) => {
             tracing::debug!(%error, "token changes conflict; loading in full");
-            false
+            None
         }
     }
 }
@@ -315,46 +442,6 @@ async fn flush(gateway: &Gateway, source: &Source) -> Result<usize, String> {
         tracing::debug!(tokens = written, "recorded token use");
     }
     Ok(written)
-}
-
-/// One load; swaps the index in on success. `fingerprint` is that of the
-/// index serving (if the source takes fingerprints), updated here; with
-/// `stale` it is not compared (tokens were applied since it was taken).
-async fn load_once(
-    gateway: &Gateway,
-    source: &Source,
-    fingerprint: &mut Option<Fingerprint>,
-    stale: bool,
-) -> bool {
-    let metrics = &gateway.retained.metrics;
-    // Only compare with the fingerprint of an index that is serving.
-    let previous = fingerprint
-        .take()
-        .filter(|_| !stale && gateway.current.load().tokens.is_some());
-    match source
-        .load_index(previous.as_ref(), |index| install(gateway, index))
-        .await
-    {
-        Ok(loaded) => {
-            metrics.token_source_up.set(1);
-            metrics.token_reload(true);
-            *fingerprint = match loaded {
-                Loaded::Unchanged => {
-                    tracing::debug!("token source unchanged");
-                    previous
-                }
-                Loaded::Applied(taken) => taken,
-            };
-            true
-        }
-        Err(error) => {
-            metrics.token_source_up.set(0);
-            metrics.token_reload(false);
-            tracing::warn!(%error, "token load failed; keeping the last good index");
-            *fingerprint = previous;
-            false
-        }
-    }
 }
 
 /// Makes `index` the one requests are judged by, and drops limiter and

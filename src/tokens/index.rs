@@ -5,8 +5,9 @@
 //! time, so a source can stream its rows straight in — and swapped in whole
 //! (see `policy::current`). A source that announces which tokens changed
 //! has them applied beside the loaded table (`TokenIndex::with_changes`),
-//! at a cost that does not grow with the table. Invariant: an index never holds a plaintext secret, and
-//! looking a token up is one SHA-256 and one hash probe — the digest is
+//! at a cost that does not grow with the table. Invariant: an index never
+//! holds a plaintext secret, and looking a token up is one SHA-256 and one
+//! hash probe (two while changes are applied) — the digest is
 //! already uniformly distributed, so the table hashes it by taking its
 //! first eight bytes rather than hashing it again.
 //!
@@ -246,10 +247,7 @@ impl TokenIndex {
         // An id this index never had that is gone anyway (another
         // schema's token, announced on the same channel) changes nothing.
         for (id, now) in changed {
-            if now.is_some()
-                || records.contains_key(&id)
-                || self.table.find_id(id.as_str()).is_some()
-            {
+            if now.is_some() || self.concerns(id.as_str()) {
                 records.insert(id, now);
             }
         }
@@ -270,6 +268,15 @@ impl TokenIndex {
                 hidden,
             })),
         })
+    }
+
+    /// Whether the token `id` is in this index, or was deleted from it by
+    /// a change: a change to it is one to this index.
+    pub fn concerns(&self, id: &str) -> bool {
+        self.changes
+            .as_ref()
+            .is_some_and(|c| c.records.contains_key(id))
+            || self.table.find_id(id).is_some()
     }
 
     /// How many tokens changed since the last full load.

@@ -409,6 +409,62 @@ async fn postgres_a_change_to_one_token_is_applied_alone_and_the_periodic_check_
     assert_eq!(status(&gw, &doomed).await, 401);
 }
 
+#[tokio::test]
+async fn postgres_a_change_during_a_full_read_is_applied_at_once_and_kept_by_the_read() {
+    let Some(pg) = Pg::new().await else { return };
+    let up = Upstream::start().await;
+    let gw = Gw::start_unready(&postgres_config(up.addr, &pg.url, "60s"), "").await;
+    let config = gw.path("gateway.yaml");
+    let doomed = create(&config, "during-doomed").await;
+    // Enough rows that a full read takes a while.
+    pg.exec(
+        "INSERT INTO tollgate_tokens (id, sha256, scopes) SELECT 'bulk-' || i, \
+         encode(sha256(convert_to('bulk-' || i, 'UTF8')), 'hex'), 'scope:agent-ui' \
+         FROM generate_series(1, 200000) AS i",
+    )
+    .await;
+    wait_ready(&gw, Duration::from_secs(20)).await;
+    within(Duration::from_secs(20), "bulk loaded", || async {
+        status(&gw, "bulk-200000").await == 200 && status(&gw, &doomed).await == 200
+    })
+    .await;
+    let full_reads = || async {
+        let text = metrics(&gw).await;
+        text.lines()
+            .find(|l| l.starts_with("tollgate_token_reloads_total{result=\"success\"}"))
+            .and_then(|l| l.rsplit(' ').next())
+            .map(|n| n.parse::<u64>().unwrap())
+            .unwrap_or(0)
+    };
+    let before = full_reads().await;
+    // A statement that changes more rows than a notification names: a full
+    // read, during which one token is revoked.
+    pg.exec("UPDATE tollgate_tokens SET description = 'x' WHERE id LIKE 'bulk-1%'")
+        .await;
+    pg.exec("UPDATE tollgate_tokens SET scopes = 'scope:agent-ui scope:x' WHERE id LIKE 'bulk-2%'")
+        .await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    revoke(&config, "during-doomed").await;
+    let delay = within(
+        Duration::from_secs(5),
+        "revoked during the read",
+        || async { status(&gw, &doomed).await == 401 },
+    )
+    .await;
+    within(Duration::from_secs(30), "the full read done", || async {
+        full_reads().await > before
+    })
+    .await;
+    // 401, or 429 once this address has failed often enough.
+    assert_ne!(
+        status(&gw, &doomed).await,
+        200,
+        "the full read brought the revoked token back"
+    );
+    eprintln!("revocation during a full read of 200,000 rows: {delay:?}");
+    assert!(delay < Duration::from_secs(1), "took {delay:?}");
+}
+
 /// `tollgate token ARGS…` that must succeed; its stdout and stderr.
 async fn token(config: &Path, args: &[&str]) -> (String, String) {
     let mut all = vec!["token"];
