@@ -227,7 +227,7 @@ impl PostgresSource {
     }
 
     /// The current records of `ids` in one indexed `SELECT` (see
-    /// [`Source::read_tokens`](super::Source::read_tokens)); `Ok(None)`
+    /// [`Source::read_changes`](super::Source::read_changes)); `Ok(None)`
     /// with a custom query, whose notifications name no tokens, and when
     /// a named row is invalid (a full load skips, logs and counts it with
     /// the others). An id that no token may have is answered as gone.
@@ -236,10 +236,7 @@ impl PostgresSource {
             return Ok(None);
         }
         let pool = self.pool().await?;
-        let sql = format!(
-            "SELECT * FROM ({}) AS t WHERE t.id = ANY($1)",
-            sql::index_query()
-        );
+        let sql = sql::index_query_where("= ANY($1)");
         let db = |e| self.db_error(e);
         let read = async {
             let mut conn = pool.acquire().await.map_err(db)?;

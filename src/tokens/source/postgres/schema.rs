@@ -130,6 +130,19 @@ fn application_trigger(table: &str) -> [String; 3] {
 const APPLICATION_TRIGGER_READY: &str = "SELECT EXISTS (SELECT 1 FROM pg_trigger \
      WHERE tgrelid = to_regclass($1) AND tgname = 'tollgate_tokens_notify')";
 
+/// A transaction holding the schema lock, so gateways starting at once
+/// install one after the other.
+async fn locked(
+    pool: &sqlx::PgPool,
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(SCHEMA_LOCK)
+        .execute(&mut *tx)
+        .await?;
+    Ok(tx)
+}
+
 impl PostgresSource {
     /// Whether the trigger on `tokens.notify_trigger_on`'s table is
     /// missing: a warning for `tollgate check` with the SQL that installs
@@ -171,11 +184,7 @@ impl PostgresSource {
             return Ok(());
         }
         let install = async {
-            let mut tx = pool.begin().await?;
-            sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                .bind(SCHEMA_LOCK)
-                .execute(&mut *tx)
-                .await?;
+            let mut tx = locked(pool).await?;
             for statement in application_trigger(table) {
                 tx.execute(statement.as_str()).await?;
             }
@@ -237,11 +246,7 @@ impl PostgresSource {
             return Ok(());
         }
         let install = async {
-            let mut tx = pool.begin().await?;
-            sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                .bind(SCHEMA_LOCK)
-                .execute(&mut *tx)
-                .await?;
+            let mut tx = locked(pool).await?;
             tx.execute(CREATE_TABLE).await?;
             let state = sqlx::query_as(&schema_state()).fetch_one(&mut *tx).await?;
             if !ready(state) {

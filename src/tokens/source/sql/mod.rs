@@ -82,6 +82,15 @@ pub(crate) fn by_id(ids: &[String], records: Vec<TokenRecord>) -> super::Changed
         .collect()
 }
 
+/// [`index_query`] for the rows whose id `predicate` accepts (`= ANY($1)`):
+/// a partial read by primary key.
+pub(crate) fn index_query_where(predicate: &str) -> String {
+    format!(
+        "SELECT * FROM ({}) AS t WHERE t.id {predicate}",
+        index_query()
+    )
+}
+
 /// `SELECT <every table column> FROM tollgate_tokens`.
 pub(crate) fn default_query() -> String {
     format!(

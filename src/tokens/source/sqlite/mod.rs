@@ -203,10 +203,7 @@ impl SqliteSource {
             return Ok(None);
         }
         let pool = self.pool().await?;
-        let sql = format!(
-            "SELECT * FROM ({}) AS t WHERE t.id IN (SELECT value FROM json_each(?1))",
-            sql::index_query()
-        );
+        let sql = sql::index_query_where("IN (SELECT value FROM json_each(?1))");
         let origin = self.origin();
         let db = |e| self.db_error(e);
         let read = async {
