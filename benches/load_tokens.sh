@@ -12,15 +12,15 @@
 #
 # Environment: REFRESH (tokens.refresh_interval, default 10s), DATABASE_URL (default postgres://postgres@127.0.0.1:5432/test),
 # TOLLGATE (default target/release/tollgate), KEEP=1 to reuse a filled
-# schema from an earlier run. Works in the schema `tollgate_bench`, which it
-# drops and refills (unless KEEP=1). Needs psql and curl.
+# schema from an earlier run. Works in the schema `tollgate_bench_N`, which
+# it drops and refills (unless KEEP=1). Needs psql and curl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 n=${1:-1000000}
 db=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}
 bin=${TOLLGATE:-target/release/tollgate}
-schema=tollgate_bench
+schema=tollgate_bench_$n
 sep='?'; [[ $db == *\?* ]] && sep='&'
 url="$db${sep}options=-csearch_path%3D$schema"
 
@@ -77,7 +77,7 @@ fi
 # Undo what an earlier run changed, so that KEEP=1 measures the same.
 psql "$url" -q -v ON_ERROR_STOP=1 <<'SQL'
 DELETE FROM tollgate_tokens WHERE id = 'bench-new';
-UPDATE tollgate_tokens SET disabled = false WHERE id = 'bench-4' AND disabled;
+UPDATE tollgate_tokens SET disabled = false WHERE id IN ('bench-4', 'bench-8') AND disabled;
 UPDATE tollgate_tokens SET read_only = (substr(id, 7)::int % 3 = 0)
  WHERE id IN (SELECT 'bench-' || i FROM generate_series(10, 110) AS i)
    AND read_only <> (substr(id, 7)::int % 3 = 0);
@@ -126,8 +126,15 @@ echo 5 >"/proc/$pid/clear_refs" 2>/dev/null || true
 [ "$(post secret-16)" = 502 ] || { echo "bench-16 is not a writing token"; exit 1; }
 psql "$url" -q -c "UPDATE tollgate_tokens SET read_only = NOT read_only WHERE id IN (SELECT 'bench-' || i FROM generate_series(10, 110) AS i)"
 t0=$(now)
+# A revocation while the full re-read runs: applied at once, and kept when
+# the re-read's index replaces the one serving.
+sleep 0.2
+psql "$url" -q -c "UPDATE tollgate_tokens SET disabled = true WHERE id = 'bench-8'"
+t1=$(now)
+until [ "$(status secret-8)" = 401 ]; do sleep 0.005; done
+echo "revocation during the full re-read applied after $(ms "$t1" "$(now)") ms"
 until [ "$(post secret-16)" = 403 ]; do sleep 0.02; done
-echo "full re-read applied after $(ms "$t0" "$(now)") ms"
+echo "full re-read applied after $(ms "$t0" "$(now)") ms; the revoked token: $(status secret-8)"
 echo -n "during it:     "; mem
 sleep 2
 echo -n "2 s later:     "; mem
