@@ -94,6 +94,12 @@ impl<E: BodyEnd> ResponseBody<E> {
         }
     }
 
+    /// Whether the body streams from an upstream (else it is the gateway's
+    /// own, whole).
+    pub fn from_upstream(&self) -> bool {
+        matches!(self.inner, Inner::Upstream(_))
+    }
+
     /// Attaches `end`, told the byte count once the body ends or is dropped.
     pub fn on_end(&mut self, end: E) {
         self.end = Some(end);

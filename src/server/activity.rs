@@ -15,7 +15,11 @@
 //! idle)` whether writes to the client have been blocked for longer than
 //! `timeouts.send` (a client that stopped reading, holding its upstream
 //! connection): then the connection is dropped, as nginx's `send_timeout`
-//! does. A response merely waiting for the upstream blocks no write.
+//! does. A response merely waiting for the upstream blocks no write. On
+//! HTTP/2, where one stream never blocks the socket, it cuts instead each
+//! stream that has waited for the client for `timeouts.send`
+//! ([`super::streams`]), looking at least every `timeouts.send` while
+//! streams are watched.
 //!
 //! Cost: a request takes and drops one `InFlight` (an `Arc` clone and a few
 //! uncontended atomics) and reads the clock once, when it ends; a head read
@@ -23,7 +27,8 @@
 //! only when it fires (the deadline it finds moved on is slept to again), so
 //! no timer is registered or removed per request, as hyper's was. On an
 //! HTTP/1.1 connection it fires at least every `park_after` (2 s) until the
-//! connection parks.
+//! connection parks; on an HTTP/2 connection at least every `timeouts.send`
+//! (by default 60 s, as `idle`).
 
 use std::future::Future;
 use std::io;
@@ -36,6 +41,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
+
+use super::streams::{Streamed, Streams};
 
 /// The low bit of `Activity::deadline`: the wait is for a request head.
 const HEAD: u64 = 1;
@@ -53,8 +60,12 @@ pub struct Activity {
     /// The idle limit in microseconds; shortened to `header_read` by a drain.
     idle: AtomicU64,
     /// `timeouts.send` in microseconds: how long writes to the client may
-    /// stay blocked while a request is in flight.
+    /// stay blocked while a request is in flight, or a watched stream may
+    /// wait for the client.
     send: u64,
+    /// The answers' streams, where they are watched (HTTP/2); boxed, so
+    /// that an HTTP/1 connection's `Activity` grows by a pointer only.
+    streams: Option<Box<Streams>>,
     /// Since when (microseconds since `opened`, plus one) a write to the
     /// client has been blocked; 0 while writes go through.
     write_blocked: AtomicU64,
@@ -72,13 +83,16 @@ const NOT_PARKING: u8 = 0;
 const PARKING: u8 = 1;
 const PARK_INTERRUPTED: u8 = 2;
 
-/// What a connection's watchdog enforces besides the two waits; both only
-/// where the transport is [`Watched`] (HTTP/1).
+/// What a connection's watchdog enforces besides the two waits.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Watch {
     /// `timeouts.send`: how long writes to the client may stay blocked
-    /// while a request is in flight; `None`: no limit.
+    /// while a request is in flight (where the transport is [`Watched`]),
+    /// or a watched stream may wait for the client; `None`: no limit.
     pub send: Option<Duration>,
+    /// The answers' streams are watched ([`Activity::stream`]; HTTP/2,
+    /// where one stream never blocks the transport).
+    pub streams: bool,
     /// Idle this long, the connection parks ([`serve_watched`] hands it
     /// back to be parked); `None`: never.
     pub park_after: Option<Duration>,
@@ -127,10 +141,40 @@ impl Activity {
             header_read,
             idle: AtomicU64::new(idle),
             send: watch.send.map_or(u64::MAX >> 2, micros),
+            streams: watch.streams.then(Box::default),
             write_blocked: AtomicU64::new(0),
             park_after: watch.park_after.map_or(0, |p| micros(p).max(1)),
             parking: AtomicU8::new(NOT_PARKING),
         })
+    }
+
+    /// `body` as hyper is to send it: watched where the connection's
+    /// streams are, as it is elsewhere.
+    pub fn stream<B: Send + 'static>(&self, body: B) -> Streamed<B> {
+        match &self.streams {
+            Some(streams) => streams.watch(body),
+            None => Streamed::direct(body),
+        }
+    }
+
+    /// Cuts the streams that have waited for the client past `send`; how
+    /// long until another may have, in microseconds (at most `send`;
+    /// `u64::MAX` where streams are not watched).
+    fn cut_stalled_streams(&self) -> u64 {
+        self.streams.as_ref().map_or(u64::MAX, |streams| {
+            micros(streams.cut_stalled(Duration::from_micros(self.send)))
+        })
+    }
+
+    /// How often the watchdog looks at a connection whose streams are
+    /// watched, also while it is idle: every `send`, so that a stream that
+    /// begins while it sleeps is looked at in time to be cut on time.
+    fn streams_check(&self) -> u64 {
+        if self.streams.is_some() {
+            self.send
+        } else {
+            u64::MAX
+        }
     }
 
     /// A parked connection serves again.
@@ -203,7 +247,9 @@ impl Activity {
 
     /// How long until the current wait ends, or what is due now. With a
     /// request in flight there is no wait: the answer is when to look
-    /// again (and whether writes have been blocked past `send`).
+    /// again (and whether writes have been blocked past `send`); watched
+    /// streams that have waited for the client past `send` are cut on the
+    /// way.
     fn remaining(&self) -> Result<Duration, Due> {
         if self.in_flight.load(Ordering::Acquire) > 0 {
             let blocked = self.write_blocked.load(Ordering::Relaxed);
@@ -213,7 +259,8 @@ impl Activity {
             let recheck = self
                 .header_read
                 .min(self.idle.load(Ordering::Relaxed))
-                .min(self.park_check());
+                .min(self.park_check())
+                .min(self.cut_stalled_streams());
             return Ok(Duration::from_micros(recheck.max(1)));
         }
         let deadline = self.deadline.load(Ordering::Acquire);
@@ -223,7 +270,7 @@ impl Activity {
         let Some(mut left) = left else {
             return Err(Due::Expired);
         };
-        left = left.min(self.park_check());
+        left = left.min(self.park_check()).min(self.streams_check());
         if self.park_after > 0
             && deadline & HEAD == 0
             && self.parking.load(Ordering::Relaxed) == NOT_PARKING
@@ -619,6 +666,7 @@ mod tests {
             Watch {
                 send: Some(20 * MS),
                 park_after: None,
+                streams: false,
             },
         );
         let request = activity.begin();
@@ -639,6 +687,54 @@ mod tests {
         activity.write_done();
         assert!(activity.remaining().is_ok(), "a write went through");
         drop(request);
+    }
+
+    #[test]
+    fn a_watched_stream_that_waits_for_the_client_past_send_is_cut_and_its_request_ends() {
+        let activity = Activity::watching(
+            SECOND,
+            60 * SECOND,
+            Start::Idle,
+            Watch {
+                send: Some(20 * MS),
+                streams: true,
+                park_after: None,
+            },
+        );
+        let left = activity.remaining().unwrap();
+        assert!(left <= 20 * MS, "idle, looked at every send: {left:?}");
+        // A body that is never polled, holding its request's mark.
+        let stream = activity.stream(activity.begin());
+        assert!(activity.remaining().unwrap() <= 20 * MS);
+        assert_eq!(activity.in_flight.load(Ordering::Relaxed), 1);
+        std::thread::sleep(30 * MS);
+        assert!(activity.remaining().is_ok(), "the connection goes on");
+        assert_eq!(
+            activity.in_flight.load(Ordering::Relaxed),
+            0,
+            "the request ended with its body"
+        );
+        drop(stream);
+    }
+
+    #[test]
+    fn without_watched_streams_nothing_is_cut_or_looked_at_sooner() {
+        let activity = Activity::watching(
+            SECOND,
+            60 * SECOND,
+            Start::Idle,
+            Watch {
+                send: Some(20 * MS),
+                streams: false,
+                park_after: None,
+            },
+        );
+        assert!(activity.remaining().unwrap() > 59 * SECOND);
+        let stream = activity.stream(activity.begin());
+        std::thread::sleep(30 * MS);
+        assert_eq!(activity.remaining(), Ok(SECOND));
+        assert_eq!(activity.in_flight.load(Ordering::Relaxed), 1);
+        drop(stream);
     }
 
     #[tokio::test]
@@ -730,6 +826,7 @@ mod tests {
             Watch {
                 send: None,
                 park_after: Some(100 * MS),
+                streams: false,
             },
         );
         drop(activity.begin());
@@ -792,6 +889,7 @@ mod tests {
             Watch {
                 send: None,
                 park_after: Some(MS),
+                streams: false,
             },
         );
         drop(activity.begin());

@@ -24,6 +24,7 @@ pub mod launch;
 pub mod preface;
 pub mod reload;
 pub mod signal;
+pub mod streams;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -41,8 +42,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use self::accept::{Backoff, Slots};
-use self::activity::{Activity, Served, Start, Unparsable, Watch, Watched};
-use crate::gateway::{Conn, Gateway};
+use self::activity::{Activity, InFlight, Served, Start, Unparsable, Watch, Watched};
+use self::streams::Streamed;
+use crate::gateway::{self, Conn, Gateway};
 
 /// Binds a TCP listener with `SO_REUSEADDR` (so a restart does not wait for
 /// TIME_WAIT) and `TCP_NODELAY` inherited by accepted sockets where the OS
@@ -288,9 +290,11 @@ async fn run_http<I>(
 {
     let start = if h2 { Start::Idle } else { Start::Head };
     // The transport of HTTP/1.1 reports blocked writes, and an idle
-    // HTTP/1.1 connection parks (below); HTTP/2 keeps its own state.
+    // HTTP/1.1 connection parks (below). On HTTP/2 one stream never blocks
+    // the transport: `send` applies to each answer's stream instead.
     let watch = Watch {
-        send: (!h2).then_some(limits.send),
+        send: Some(limits.send),
+        streams: h2,
         park_after: (!h2).then_some(PARK_AFTER),
     };
     let activity = Activity::watching(limits.header_read, limits.idle, start, watch);
@@ -299,18 +303,22 @@ async fn run_http<I>(
         gateway: gateway.clone(),
         conn: conn.clone(),
     };
-    let service = service_fn(move |req| {
-        let gateway = gateway.clone();
-        let conn = conn.clone();
-        let in_flight = requests.begin();
-        async move { Ok::<_, Infallible>(gateway.handle(&conn, req, in_flight).await) }
-    });
     let stop = async move {
         let _ = stop.wait_for(|s| *s).await;
     };
     tokio::pin!(stop);
     let mut stopped = false;
     if h2 {
+        let service = service_fn(move |req| {
+            let gateway = gateway.clone();
+            let conn = conn.clone();
+            let activity = requests.clone();
+            let in_flight = requests.begin();
+            async move {
+                let resp = gateway.handle(&conn, req, in_flight).await;
+                Ok::<_, Infallible>(resp.map(|body| h2_body(&activity, body)))
+            }
+        });
         let mut builder = http2::Builder::new(TokioExecutor::new());
         builder
             .timer(TokioTimer::new())
@@ -327,6 +335,12 @@ async fn run_http<I>(
         )
         .await;
     } else {
+        let service = service_fn(move |req| {
+            let gateway = gateway.clone();
+            let conn = conn.clone();
+            let in_flight = requests.begin();
+            async move { Ok::<_, Infallible>(gateway.handle(&conn, req, in_flight).await) }
+        });
         let mut builder = http1::Builder::new();
         builder
             // `Activity` keeps the header-read and idle limits apart.
@@ -384,6 +398,21 @@ async fn run_http<I>(
                 return;
             }
         }
+    }
+}
+
+/// An HTTP/2 answer's body as hyper is to send it: an upstream's that is
+/// still to stream is watched for a client that stops taking it
+/// ([`streams`]); the gateway's own answers, and answers without a body,
+/// go as they are.
+fn h2_body(
+    activity: &Activity,
+    body: gateway::Body<InFlight>,
+) -> Streamed<gateway::Body<InFlight>> {
+    if body.from_upstream() && !http_body::Body::is_end_stream(&body) {
+        activity.stream(body)
+    } else {
+        Streamed::direct(body)
     }
 }
 
