@@ -1,9 +1,14 @@
 //! HTTP/2 from clients on a plain listener (prior knowledge) to an
-//! HTTP/1.1 upstream, and `Upgrade: h2c`, which is never forwarded.
+//! HTTP/1.1 upstream, `Upgrade: h2c`, which is never forwarded, and
+//! `timeouts.send` for a stream the client stops reading.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Version};
-use http_body_util::{Empty, Full};
+use http_body_util::{BodyExt, Empty, Full};
 use tokio::net::TcpStream;
 
 use crate::support::*;
@@ -192,4 +197,125 @@ async fn an_idle_h2_connection_gets_a_goaway_without_error_before_it_closes() {
         .find(|f| f.0 == GOAWAY)
         .expect("closed without a GOAWAY");
     assert_eq!(&goaway.2[4..8], &[0, 0, 0, 0], "GOAWAY error code NO_ERROR");
+}
+
+/// An upstream that answers `GET /api/v1/big` with 1 GiB, streamed for as
+/// long as it is taken, and notes when that connection is closed under it;
+/// anything else gets a short `ok`.
+async fn big_upstream() -> (std::net::SocketAddr, Arc<AtomicBool>) {
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let closed = Arc::new(AtomicBool::new(false));
+    let noted = closed.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let noted = noted.clone();
+            tokio::spawn(async move {
+                let mut pending = Vec::new();
+                while let Some(head) = read_head(&mut stream, &mut pending).await {
+                    if !head.starts_with("GET /api/v1/big ") {
+                        let ok = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        stream.write_all(ok.as_bytes()).await.unwrap();
+                        continue;
+                    }
+                    let size = 1u64 << 30;
+                    let start = format!("HTTP/1.1 200 OK\r\ncontent-length: {size}\r\n\r\n");
+                    stream.write_all(start.as_bytes()).await.unwrap();
+                    let chunk = vec![b'x'; 64 * 1024];
+                    let mut sent = 0;
+                    while sent < size {
+                        if stream.write_all(&chunk).await.is_err() {
+                            noted.store(true, Ordering::SeqCst);
+                            return;
+                        }
+                        sent += chunk.len() as u64;
+                    }
+                }
+            });
+        }
+    });
+    (addr, closed)
+}
+
+fn h2_get(path: &str) -> Request<Empty<Bytes>> {
+    Request::get(format!("http://gw.test{path}"))
+        .header("authorization", format!("Bearer {AGENT}"))
+        .body(Empty::<Bytes>::new())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn an_h2_stream_the_client_stops_reading_is_cut_after_the_send_timeout_freeing_the_upstream()
+{
+    let (addr, closed) = big_upstream().await;
+    // A long idle limit: the connection must stay open for the second
+    // request whatever happens to the first stream.
+    let config = gateway_yaml(addr, "").replace("  idle: 2s\n", "  idle: 10s\n  send: 1s\n");
+    let gw = Gw::start(&config, &tokens_yaml()).await;
+    let tcp = TcpStream::connect(gw.addr()).await.unwrap();
+    let mut client = h2_client(tcp).await;
+    let resp = client.send_request(h2_get("/api/v1/big")).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let headed = std::time::Instant::now();
+    // The body is kept but never read: the client sends no WINDOW_UPDATE,
+    // and the stream stalls once its window is spent.
+    let (_, stalled) = resp.into_parts();
+    while !closed.load(Ordering::SeqCst) {
+        assert!(
+            headed.elapsed() < Duration::from_secs(5),
+            "the upstream connection is still held"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let took = headed.elapsed();
+    assert!(took >= Duration::from_millis(900), "cut after {took:?}");
+    let line = gw.access.lines(1).await.pop().unwrap();
+    assert_eq!(line["path"], "/api/v1/big", "{line}");
+    assert_eq!(line["status"], 499, "{line}");
+    assert_eq!(line["error"], "client_closed", "{line}");
+    // The connection and its other streams are unaffected.
+    let other = read_answer(client.send_request(h2_get("/api/v1/x")).await.unwrap()).await;
+    assert_eq!(other.status, 200);
+    assert_eq!(&other.body[..], b"ok");
+    let lines = gw.access.lines(2).await;
+    assert_eq!(lines[1]["status"], 200, "{}", lines[1]);
+    // Read at last, the cut stream gives what was buffered, then an error
+    // (the gateway reset it).
+    let read = tokio::time::timeout(Duration::from_secs(10), stalled.collect())
+        .await
+        .expect("the cut stream ends");
+    assert!(read.is_err(), "the cut stream ended without an error");
+}
+
+#[tokio::test]
+async fn an_h2_answer_that_waits_for_a_slow_upstream_is_never_cut_by_the_send_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        read_head(&mut stream, &mut Vec::new()).await.unwrap();
+        stream
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nfirst")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        stream.write_all(b" rest").await.unwrap();
+        // Held open until the gateway is done with it.
+        let _ = read_head(&mut stream, &mut Vec::new()).await;
+    });
+    let config = gateway_yaml(addr, "").replace("  idle: 2s\n", "  idle: 2s\n  send: 1s\n");
+    let gw = Gw::start(&config, &tokens_yaml()).await;
+    let tcp = TcpStream::connect(gw.addr()).await.unwrap();
+    let mut client = h2_client(tcp).await;
+    let started = std::time::Instant::now();
+    let a = read_answer(client.send_request(h2_get("/api/v1/slow")).await.unwrap()).await;
+    assert_eq!(a.status, 200);
+    assert_eq!(&a.body[..], b"first rest");
+    assert!(started.elapsed() >= Duration::from_millis(2400));
+    let line = gw.access.lines(1).await.pop().unwrap();
+    assert_eq!(line["status"], 200, "{line}");
+    assert!(line["error"].is_null(), "{line}");
 }
