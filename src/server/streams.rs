@@ -36,9 +36,12 @@
 //! every `timeouts.send` and then sleeps until the first stream's deadline,
 //! so each stream is cut on time from when it started waiting. Dead
 //! references are dropped each time it looks and whenever the list would
-//! grow, so the list stays within twice the streams open at once. HTTP/1
-//! connections have none of this: their writes block, and
-//! [`super::activity::Watched`] notices.
+//! grow, so the list stays within twice the streams open at once. Counted
+//! as `benches/instructions.sh` counts, but over HTTP/2 (`h2load` without
+//! `--h1`), a proxied request takes 90,609 instructions, 89,669 before
+//! (+1 %). HTTP/1 connections have none of this: their writes block, and
+//! [`super::activity::Watched`] notices (54,222 instructions per request,
+//! 54,501 before: unchanged).
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError, Weak};
