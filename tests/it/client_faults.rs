@@ -150,17 +150,8 @@ async fn a_client_that_stops_reading_is_disconnected_after_the_send_timeout_free
     tokio::spawn(async move {
         let (mut stream, _) = listener.accept().await.unwrap();
         read_head(&mut stream, &mut Vec::new()).await.unwrap();
-        let size = 1u64 << 30;
-        let start = format!("HTTP/1.1 200 OK\r\ncontent-length: {size}\r\n\r\n");
-        stream.write_all(start.as_bytes()).await.unwrap();
-        let chunk = vec![b'x'; 64 * 1024];
-        let mut sent = 0;
-        while sent < size {
-            if stream.write_all(&chunk).await.is_err() {
-                noted.store(true, Ordering::SeqCst);
-                return;
-            }
-            sent += chunk.len() as u64;
+        if send_gigabyte(&mut stream).await {
+            noted.store(true, Ordering::SeqCst);
         }
     });
     let config = gateway_yaml(addr, "").replace("  idle: 2s\n", "  idle: 2s\n  send: 1s\n");

@@ -220,17 +220,9 @@ async fn big_upstream() -> (std::net::SocketAddr, Arc<AtomicBool>) {
                         stream.write_all(ok.as_bytes()).await.unwrap();
                         continue;
                     }
-                    let size = 1u64 << 30;
-                    let start = format!("HTTP/1.1 200 OK\r\ncontent-length: {size}\r\n\r\n");
-                    stream.write_all(start.as_bytes()).await.unwrap();
-                    let chunk = vec![b'x'; 64 * 1024];
-                    let mut sent = 0;
-                    while sent < size {
-                        if stream.write_all(&chunk).await.is_err() {
-                            noted.store(true, Ordering::SeqCst);
-                            return;
-                        }
-                        sent += chunk.len() as u64;
+                    if send_gigabyte(&mut stream).await {
+                        noted.store(true, Ordering::SeqCst);
+                        return;
                     }
                 }
             });

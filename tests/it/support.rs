@@ -686,3 +686,22 @@ extern "C" fn report_skipped() {
     );
     let _ = std::io::stderr().write_all(text.as_bytes());
 }
+
+/// Answers 200 with a 1 GiB body, written for as long as the peer takes it;
+/// `true` once the connection was closed under it.
+pub async fn send_gigabyte(stream: &mut TcpStream) -> bool {
+    let size = 1u64 << 30;
+    let start = format!("HTTP/1.1 200 OK\r\ncontent-length: {size}\r\n\r\n");
+    if stream.write_all(start.as_bytes()).await.is_err() {
+        return true;
+    }
+    let chunk = vec![b'x'; 64 * 1024];
+    let mut sent = 0;
+    while sent < size {
+        if stream.write_all(&chunk).await.is_err() {
+            return true;
+        }
+        sent += chunk.len() as u64;
+    }
+    false
+}
