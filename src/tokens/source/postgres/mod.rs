@@ -121,20 +121,18 @@ impl PostgresSource {
     pub async fn read(&self) -> Result<(Vec<TokenRecord>, Vec<InvalidRow>), SourceError> {
         let pool = self.pool().await?;
         let sql = self.query.clone().unwrap_or_else(sql::default_query);
+        let progress = Progress::new();
         let read = async {
-            let mut conn = pool.acquire().await.map_err(|e| self.db_error(e))?;
-            let statement = conn.prepare(&sql).await.map_err(|e| self.db_error(e))?;
+            let db = |e| self.db_error(e);
+            let mut conn = pool.acquire().await.map_err(db)?;
+            let statement = conn.prepare(&sql).await.map_err(db)?;
             let shape = sql::shape_of(self.origin(), &statement, self.split.as_ref())?;
-            let rows = statement
-                .query()
-                .fetch_all(&mut *conn)
-                .await
-                .map_err(|e| self.db_error(e))?;
+            let rows = sql::collect(statement.query().fetch(&mut *conn), &progress, db).await?;
             sql::records(self.origin(), &shape, &rows)
         };
-        tokio::time::timeout(sql::QUERY_TIMEOUT, read)
+        within(sql::QUERY_TIMEOUT, Some(&progress), read)
             .await
-            .unwrap_or_else(|_| Err(self.unavailable("the query timed out")))
+            .unwrap_or_else(|_| Err(self.unavailable("the query made no progress for 30 s")))
     }
 
     /// Streams every token into an index inside one read-only

@@ -20,7 +20,9 @@ use sqlx::{Column, Statement};
 use time::OffsetDateTime;
 
 pub use row::InvalidRow;
-pub(crate) use row::{build, int_bool, parse_ip, parse_time, records, Bad, Reported, NOT_A_TIME};
+pub(crate) use row::{
+    build, collect, int_bool, parse_ip, parse_time, records, Bad, Reported, NOT_A_TIME,
+};
 pub(crate) use stored::{format_time, now, Stored};
 
 use super::SourceError;
@@ -35,9 +37,9 @@ pub const READ_ONLY_QUERY: &str =
     "tokens come from a custom query; manage them in the application that owns the table";
 
 /// How long a query may make no progress before the source counts as
-/// unavailable: a whole read (`check`, `token list`), or the wait for the
-/// next batch of rows of an index load, which may take as long as it needs
-/// while rows keep arriving.
+/// unavailable: a read of every token (an index load, `check`, `token
+/// list`) may take as long as it needs while rows keep arriving; a short
+/// query (a fingerprint, the rows of a few changed tokens) gets this in all.
 pub(crate) const QUERY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Every column a result may carry, in the order of the default `SELECT`.

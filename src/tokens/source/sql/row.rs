@@ -159,6 +159,28 @@ where
     Ok((builder.finish(), invalid))
 }
 
+/// Every row of `rows`, marking `progress` as they arrive (every few
+/// thousand), so a whole read is bounded by lack of progress too.
+pub(crate) async fn collect<R, S>(
+    mut rows: S,
+    progress: &crate::progress::Progress,
+    db_error: impl Fn(sqlx::Error) -> SourceError,
+) -> Result<Vec<R>, SourceError>
+where
+    S: Stream<Item = Result<R, sqlx::Error>> + Unpin,
+{
+    let mut all = Vec::new();
+    while let Some(row) =
+        std::future::poll_fn(|cx| std::pin::Pin::new(&mut rows).poll_next(cx)).await
+    {
+        all.push(row.map_err(&db_error)?);
+        if all.len() % YIELD_EVERY == 0 {
+            progress.touch();
+        }
+    }
+    Ok(all)
+}
+
 /// The invalid rows a source has logged, so that a re-read logs each one
 /// once rather than every `refresh_interval`.
 #[derive(Debug, Default)]
