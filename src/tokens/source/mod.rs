@@ -342,10 +342,13 @@ impl Source {
                     Loaded::Applied(Some(fingerprint))
                 }
             }),
-            Source::Sqlite(s) => {
-                apply(s.load_index().await?);
-                Ok(Loaded::Applied(None))
-            }
+            Source::Sqlite(s) => Ok(match s.load_index(previous).await? {
+                None => Loaded::Unchanged,
+                Some((index, taken)) => {
+                    apply(index);
+                    Loaded::Applied(taken)
+                }
+            }),
             Source::Postgres(s) => s.load_index(previous, apply).await,
         }
     }
@@ -353,7 +356,7 @@ impl Source {
     /// The fingerprint of what a load would read now, without reading it:
     /// `Ok(None)` for a source that takes none (it is read in full);
     /// `Err` when the source cannot be reached. PostgreSQL only (one scan
-    /// on the server).
+    /// on the server); SQLite's is its change log's position.
     pub async fn fingerprint(&self) -> Result<Option<Fingerprint>, SourceError> {
         match self {
             Source::Postgres(s) => s
@@ -361,7 +364,8 @@ impl Source {
                 .await
                 .map(Some)
                 .ok_or_else(|| SourceError::Unavailable("postgres: no fingerprint".into())),
-            Source::File(_) | Source::Sqlite(_) => Ok(None),
+            Source::Sqlite(s) => s.fingerprint().await,
+            Source::File(_) => Ok(None),
         }
     }
 

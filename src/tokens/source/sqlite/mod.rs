@@ -21,7 +21,7 @@ use sqlx::{Connection, Executor, Statement};
 use time::OffsetDateTime;
 
 use super::sql::{self, InvalidRow, Stored};
-use super::{Change, SourceError};
+use super::{Change, Fingerprint, SourceError};
 use crate::progress::{within, Progress};
 use crate::tokens::split::SplitTokens;
 use crate::tokens::{TokenId, TokenIndex, TokenRecord};
@@ -155,9 +155,17 @@ impl SqliteSource {
 
     /// Streams every token straight into an index, in one `SELECT`; an
     /// invalid row is skipped (and logged once), a failure part-way is an
-    /// error.
-    pub async fn load_index(&self) -> Result<TokenIndex, SourceError> {
+    /// error. With the fingerprint of the last load (which file, and its
+    /// change log's last sequence number) it stops at `None` when that is
+    /// unchanged: nothing was logged since, so nothing changed (a table
+    /// with a change log is only written through its triggers). Otherwise
+    /// the index and the fingerprint of what it read (none without a log).
+    pub async fn load_index(
+        &self,
+        previous: Option<&Fingerprint>,
+    ) -> Result<Option<(TokenIndex, Option<Fingerprint>)>, SourceError> {
         let pool = self.pool().await?;
+        let file = self.opened_file();
         let sql = self.query.clone().unwrap_or_else(sql::index_query);
         let origin = self.origin();
         let progress = Progress::new();
@@ -170,20 +178,42 @@ impl SqliteSource {
                 Some(_) => None,
                 None => log_position(&mut tx).await,
             };
+            let taken = logged.map(|seq| log_fingerprint(file, seq));
+            if taken.is_some() && taken.as_ref() == previous {
+                let _ = tx.commit().await;
+                return Ok(None);
+            }
             let statement = (&mut *tx).prepare(&sql).await.map_err(db)?;
             let shape = sql::shape_of(&origin, &statement, self.split.as_ref())?;
             let stream = statement.query().fetch(&mut *tx);
             let split = self.split.as_ref();
             let built = sql::build(&origin, &shape, split, 0, stream, &progress, db).await?;
             let _ = tx.commit().await;
-            Ok((built, logged))
+            Ok(Some((built, logged, taken)))
         };
-        let ((index, invalid), logged) = within(sql::QUERY_TIMEOUT, Some(&progress), read)
+        let read = within(sql::QUERY_TIMEOUT, Some(&progress), read)
             .await
             .unwrap_or_else(|_| Err(self.unavailable("the query made no progress for 30 s")))?;
+        let Some(((index, invalid), logged, taken)) = read else {
+            return Ok(None);
+        };
         self.reported.log(&origin, invalid);
         *self.logged.lock().unwrap_or_else(PoisonError::into_inner) = logged;
-        Ok(index)
+        Ok(Some((index, taken)))
+    }
+
+    /// The fingerprint a load would take now, without reading the tokens;
+    /// `None` for a custom query or a database without a change log.
+    pub async fn fingerprint(&self) -> Result<Option<Fingerprint>, SourceError> {
+        if self.query.is_some() {
+            return Ok(None);
+        }
+        let pool = self.pool().await?;
+        let file = self.opened_file();
+        let mut conn = pool.acquire().await.map_err(|e| self.db_error(e))?;
+        Ok(log_position(&mut conn)
+            .await
+            .map(|seq| log_fingerprint(file, seq)))
     }
 
     /// The tokens the change log names since the last read, each with its
@@ -422,6 +452,15 @@ impl SqliteSource {
     /// being created and removed (and so reported as a change) around
     /// every read. A file replaced by another (`mv new.db tokens.db`) gets
     /// a fresh pool, since open connections would go on reading the old one.
+    /// The identity of the file the pool was opened on.
+    fn opened_file(&self) -> Option<FileId> {
+        self.pool
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .and_then(|(_, file)| *file)
+    }
+
     async fn pool(&self) -> Result<SqlitePool, SourceError> {
         let metadata = match tokio::fs::metadata(&self.path).await {
             Ok(metadata) => metadata,
@@ -495,6 +534,12 @@ impl SqliteSource {
 type FileId = (u64, u64);
 
 #[cfg(unix)]
+/// Which file, and how far its change log goes: equal for two reads
+/// between which nothing was logged.
+fn log_fingerprint(file: Option<FileId>, seq: i64) -> Fingerprint {
+    Fingerprint(format!("sqlite/{file:?}/{seq}"))
+}
+
 /// The change log's last sequence number (0 when empty), or `None` when the
 /// database has no log (made by an older version, or read-only).
 async fn log_position(conn: &mut sqlx::SqliteConnection) -> Option<i64> {

@@ -12,6 +12,11 @@ fn temp() -> (tempfile::TempDir, PathBuf) {
     (dir, path)
 }
 
+/// A full read's index.
+async fn full(source: &SqliteSource) -> TokenIndex {
+    source.load_index(None).await.unwrap().unwrap().0
+}
+
 async fn raw(path: &Path, statement: &str) {
     let mut conn = sqlx::SqliteConnection::connect_with(
         &SqliteConnectOptions::new()
@@ -67,7 +72,7 @@ async fn load_index_streams_every_row_and_skips_only_a_bad_one() {
         ),
     )
     .await;
-    let index = source.load_index().await.unwrap();
+    let index = full(&source).await;
     assert_eq!(index.len(), 5_000);
     assert_eq!(
         index.get(&TokenHash::of(b"s4321")).unwrap().id_str(),
@@ -78,7 +83,7 @@ async fn load_index_streams_every_row_and_skips_only_a_bad_one() {
         "UPDATE tollgate_tokens SET expires_at = 'soon' WHERE id = 't4999'",
     )
     .await;
-    let index = source.load_index().await.unwrap();
+    let index = full(&source).await;
     assert_eq!((index.len(), index.rows_invalid()), (4_999, 1));
     assert!(index.get(&TokenHash::of(b"s4999")).is_none());
     assert!(index.get(&TokenHash::of(b"s4998")).is_some());
@@ -294,7 +299,7 @@ async fn the_change_log_names_each_changed_token_once_and_not_the_gateways_own_w
         None,
         "no position before a full read"
     );
-    assert_eq!(source.load_index().await.unwrap().len(), 2);
+    assert_eq!(full(&source).await.len(), 2);
     assert_eq!(logged(&source).await, Some(vec![]));
 
     source.revoke(&id("a")).await.unwrap();
@@ -330,7 +335,7 @@ async fn the_change_log_names_each_changed_token_once_and_not_the_gateways_own_w
     )
     .await;
     assert_eq!(logged(&source).await, None);
-    assert_eq!(source.load_index().await.unwrap().len(), 1002);
+    assert_eq!(full(&source).await.len(), 1002);
     assert_eq!(logged(&source).await, Some(vec![]));
 
     // An invalid row among the changed ones: left to a full read.
@@ -342,7 +347,7 @@ async fn the_change_log_names_each_changed_token_once_and_not_the_gateways_own_w
     assert_eq!(logged(&source).await, None);
 
     // Pruned past the position: a full read.
-    assert_eq!(source.load_index().await.unwrap().len(), 1001);
+    assert_eq!(full(&source).await.len(), 1001);
     raw(
         &path,
         "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 12000) \
@@ -369,6 +374,36 @@ async fn a_custom_query_has_no_change_log() {
     )
     .await;
     let source = SqliteSource::new(path, Some("SELECT id, sha256, scopes FROM keys".into()));
-    source.load_index().await.unwrap();
+    full(&source).await;
     assert_eq!(logged(&source).await, None);
+}
+
+#[tokio::test]
+async fn a_load_stops_at_an_unchanged_change_log_and_reads_after_a_logged_change() {
+    let (_dir, path) = temp();
+    let source = SqliteSource::new(path.clone(), None);
+    source.ensure_schema().await.unwrap();
+    source.create(&record("a", "s1")).await.unwrap();
+    let (index, taken) = source.load_index(None).await.unwrap().unwrap();
+    assert_eq!(index.len(), 1);
+    let taken = taken.expect("a fingerprint");
+    assert_eq!(source.fingerprint().await.unwrap().as_ref(), Some(&taken));
+    // The gateway's own writes log nothing: unchanged.
+    source
+        .record_use(&[("a".into(), sql::now())])
+        .await
+        .unwrap();
+    assert!(source.load_index(Some(&taken)).await.unwrap().is_none());
+    source.revoke(&id("a")).await.unwrap();
+    let (index, again) = source.load_index(Some(&taken)).await.unwrap().unwrap();
+    assert!(index.find_id("a").unwrap().disabled);
+    assert_ne!(again, Some(taken));
+    // A custom query has no log, so no fingerprint: always read.
+    let custom = SqliteSource::new(
+        path,
+        Some("SELECT id, sha256, scopes FROM tollgate_tokens".into()),
+    );
+    let (_, none) = custom.load_index(None).await.unwrap().unwrap();
+    assert_eq!(none, None);
+    assert_eq!(custom.fingerprint().await.unwrap(), None);
 }
