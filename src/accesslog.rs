@@ -226,33 +226,45 @@ fn text_line(out: &mut Vec<u8>, r: &Record) {
     );
 }
 
-/// A JSON string (escaped as JSON requires), or `null`.
+/// The bytes a JSON string cannot hold as they are: `"`, `\\` and the
+/// control characters.
+const ESCAPED: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        table[b] = true;
+        b += 1;
+    }
+    table[b'"' as usize] = true;
+    table[b'\\' as usize] = true;
+    table
+};
+
+/// A JSON string (escaped as JSON requires), or `null`. Values are nearly
+/// always clean, so the scan for the first byte to escape is the hot loop:
+/// one table load per byte.
 fn json_string(out: &mut Vec<u8>, text: Option<&str>) {
     let Some(text) = text else {
         out.extend_from_slice(b"null");
         return;
     };
     out.push(b'"');
-    let bytes = text.as_bytes();
-    let mut clean = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        if b >= 0x20 && b != b'"' && b != b'\\' {
-            continue;
-        }
-        out.extend_from_slice(&bytes[clean..i]);
-        match b {
+    let mut rest = text.as_bytes();
+    while let Some(at) = rest.iter().position(|&b| ESCAPED[usize::from(b)]) {
+        out.extend_from_slice(&rest[..at]);
+        match rest[at] {
             b'"' => out.extend_from_slice(b"\\\""),
             b'\\' => out.extend_from_slice(b"\\\\"),
-            _ => {
+            b => {
                 const HEX: &[u8; 16] = b"0123456789abcdef";
                 out.extend_from_slice(b"\\u00");
                 out.push(HEX[usize::from(b >> 4)]);
                 out.push(HEX[usize::from(b & 0xf)]);
             }
         }
-        clean = i + 1;
+        rest = &rest[at + 1..];
     }
-    out.extend_from_slice(&bytes[clean..]);
+    out.extend_from_slice(rest);
     out.push(b'"');
 }
 
