@@ -250,7 +250,7 @@ fn json_string(out: &mut Vec<u8>, text: Option<&str>) {
     };
     out.push(b'"');
     let mut rest = text.as_bytes();
-    while let Some(at) = rest.iter().position(|&b| ESCAPED[usize::from(b)]) {
+    while let Some(at) = first_escaped(rest) {
         out.extend_from_slice(&rest[..at]);
         match rest[at] {
             b'"' => out.extend_from_slice(b"\\\""),
@@ -266,6 +266,33 @@ fn json_string(out: &mut Vec<u8>, text: Option<&str>) {
     }
     out.extend_from_slice(rest);
     out.push(b'"');
+}
+
+/// Where the first byte of `bytes` that JSON must escape is: eight bytes
+/// at a time while none is (word arithmetic that flags a byte below 0x20,
+/// `"` or `\\`; exact about whether one is there), then byte by byte.
+fn first_escaped(bytes: &[u8]) -> Option<usize> {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+    let flags = |word: u64| {
+        let zero_at = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+        let control = word.wrapping_sub(ONES * 0x20) & !word & HIGH;
+        control
+            | zero_at(word ^ (ONES * u64::from(b'"')))
+            | zero_at(word ^ (ONES * u64::from(b'\\')))
+    };
+    let mut start = 0;
+    for chunk in bytes.chunks_exact(8) {
+        let word = u64::from_ne_bytes(chunk.try_into().unwrap_or([0; 8]));
+        if flags(word) != 0 {
+            break;
+        }
+        start += 8;
+    }
+    bytes[start..]
+        .iter()
+        .position(|&b| ESCAPED[usize::from(b)])
+        .map(|at| start + at)
 }
 
 /// Milliseconds with up to three decimals, as the shortest JSON number
@@ -398,6 +425,22 @@ mod tests {
             let theirs = OffsetDateTime::from(at).format(&Rfc3339).unwrap();
             assert_eq!(String::from_utf8(ours).unwrap(), theirs);
         }
+    }
+
+    #[test]
+    fn the_first_byte_to_escape_is_found_at_every_position_for_every_byte() {
+        for b in 0..=255u8 {
+            for at in 0..20 {
+                let mut bytes = vec![b'a'; 20];
+                bytes[at] = b;
+                let want = ESCAPED[usize::from(b)].then_some(at);
+                assert_eq!(first_escaped(&bytes), want, "byte {b:#x} at {at}");
+            }
+        }
+        // Bytes next to each other that borrow in the word arithmetic.
+        assert_eq!(first_escaped(b"\x80\x21\x23\x5b\x5d\x1f\x00a"), Some(5));
+        assert_eq!(first_escaped("ü€\u{1}".as_bytes()), Some(5));
+        assert_eq!(first_escaped(b""), None);
     }
 
     #[test]
