@@ -908,6 +908,81 @@ async fn netbox_preset_installs_its_trigger_and_a_deleted_token_is_refused_at_on
     assert!(!stderr.contains("notify_trigger_on"), "{stderr}");
 }
 
+/// `url` with its user replaced by `user` (trust authentication: no
+/// password).
+fn as_user(url: &str, user: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap();
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    format!("{scheme}://{user}@{host}{tail}")
+}
+
+#[tokio::test]
+async fn netbox_preset_under_a_role_that_may_not_install_the_trigger_serves_on_the_refresh() {
+    let Some(pg) = Pg::new().await else { return };
+    pg.exec(NETBOX_USERS_TOKEN).await;
+    pg.exec(&format!(
+        "INSERT INTO users_user (id, username, is_active) VALUES (1, 'admin', true);
+         INSERT INTO users_token (id, version, enabled, write_enabled, plaintext, user_id) \
+           VALUES (1, 1, true, true, '{NB_WRITE}', 1), (2, 1, true, true, '{NB_READ}', 1);"
+    ))
+    .await;
+    // The role the guide recommends: SELECT on the two tables, nothing more.
+    let role = format!("tg_reader_{}", uuid::Uuid::new_v4().simple());
+    pg.exec(&format!(
+        "CREATE ROLE {role} LOGIN; GRANT USAGE ON SCHEMA {schema} TO {role}; \
+         GRANT SELECT ON users_token, users_user TO {role}",
+        schema = pg.schema
+    ))
+    .await;
+    let up = Upstream::start().await;
+    let yaml = netbox_config(up.addr, &as_user(&pg.url, &role));
+    let gw = Gw::start_unready(&yaml, "").await;
+    wait_ready(&gw, Duration::from_secs(10)).await;
+    let read = |key: &'static str| {
+        let addr = gw.addr();
+        async move {
+            let auth = format!("Authorization: Token {key}");
+            get(addr, "/api/dcim/devices/", &[&auth]).await.status
+        }
+    };
+    assert_eq!(
+        read(NB_WRITE).await,
+        200,
+        "serves although the install failed"
+    );
+    let installed: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_trigger WHERE tgname = 'tollgate_tokens_notify' \
+         AND tgrelid = to_regclass('users_token')",
+    )
+    .fetch_one(&pg.admin)
+    .await
+    .unwrap();
+    assert_eq!(installed, 0, "the role could install it");
+    let out = tollgate(&gw.path("gateway.yaml"), &["check"]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("CREATE TRIGGER tollgate_tokens_notify"),
+        "{stderr}"
+    );
+    // Without the trigger the refresh (1 s here) still brings the change.
+    pg.exec("DELETE FROM users_token WHERE id = 1").await;
+    within(Duration::from_secs(5), "deleted token refused", || async {
+        read(NB_WRITE).await == 401
+    })
+    .await;
+    assert_eq!(read(NB_READ).await, 200);
+    drop(gw);
+    pg.exec(&format!(
+        "REVOKE ALL ON users_token, users_user FROM {role}; \
+         REVOKE USAGE ON SCHEMA {schema} FROM {role}; DROP ROLE {role}",
+        schema = pg.schema
+    ))
+    .await;
+}
+
 #[tokio::test]
 async fn netbox_preset_reads_users_token_as_it_is_and_follows_its_changes() {
     let Some(pg) = Pg::new().await else { return };
