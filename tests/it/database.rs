@@ -341,6 +341,13 @@ async fn postgres_a_token_created_by_the_cli_works_and_its_revocation_arrives_wi
     eprintln!("postgres revocation reached the gateway in {delay:?}");
 }
 
+/// Notifications are database-wide: one that names no token (a statement
+/// that changed over 100 rows, an application table's trigger, a bare
+/// `NOTIFY`) makes every listening gateway read in full. Tests that send
+/// such notifications hold this shared; a test that counts full reads
+/// holds it alone.
+static WHOLE_READS: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
 /// How many tokens the serving index has applied one by one since its
 /// last full load.
 fn changed_since_load(gw: &Gw) -> usize {
@@ -354,6 +361,7 @@ fn changed_since_load(gw: &Gw) -> usize {
 #[tokio::test]
 async fn postgres_a_change_to_one_token_is_applied_alone_and_the_periodic_check_still_catches_the_rest(
 ) {
+    let _alone = WHOLE_READS.write().await;
     let Some(pg) = Pg::new().await else { return };
     let up = Upstream::start().await;
     let gw = Gw::start_unready(&postgres_config(up.addr, &pg.url, "1s"), "").await;
@@ -411,6 +419,7 @@ async fn postgres_a_change_to_one_token_is_applied_alone_and_the_periodic_check_
 
 #[tokio::test]
 async fn postgres_a_change_during_a_full_read_is_applied_at_once_and_kept_by_the_read() {
+    let _shared = WHOLE_READS.read().await;
     let Some(pg) = Pg::new().await else { return };
     let up = Upstream::start().await;
     let gw = Gw::start_unready(&postgres_config(up.addr, &pg.url, "60s"), "").await;
@@ -578,7 +587,9 @@ async fn sqlite_a_change_to_one_token_is_read_from_the_change_log_alone() {
         status(&gw, &doomed).await == 200
     })
     .await;
-    // A full read would start the count of changes again from 0.
+    // A full read would start the count of changes again from 0. Let the
+    // reads the start-up's writes caused settle first.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let before = changed_since_load(&gw);
     let third = create(&config, "third").await;
     within(Duration::from_secs(1), "created token accepted", || async {
@@ -847,6 +858,7 @@ fn netbox_config(up: SocketAddr, url: &str) -> String {
 
 #[tokio::test]
 async fn netbox_preset_installs_its_trigger_and_a_deleted_token_is_refused_at_once() {
+    let _shared = WHOLE_READS.read().await;
     let Some(pg) = Pg::new().await else { return };
     pg.exec(NETBOX_USERS_TOKEN).await;
     pg.exec(&format!(
@@ -985,6 +997,7 @@ async fn netbox_preset_under_a_role_that_may_not_install_the_trigger_serves_on_t
 
 #[tokio::test]
 async fn netbox_preset_reads_users_token_as_it_is_and_follows_its_changes() {
+    let _shared = WHOLE_READS.read().await;
     let Some(pg) = Pg::new().await else { return };
     pg.exec(NETBOX_USERS_TOKEN).await;
     pg.exec(&format!(
