@@ -14,7 +14,7 @@
 //! Invariant: only complete, validated results are swapped in, and a
 //! replaced index is freed by the loader, never by a request.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -203,7 +203,7 @@ async fn load_loop(
             {
                 state.arriving = None;
                 if let Ok(index) = index {
-                    state.install(&gateway, index);
+                    state.install(&gateway, &kick, index);
                 }
                 false
             }
@@ -212,7 +212,7 @@ async fn load_loop(
             {
                 state.reading = None;
                 let ok = match read {
-                    Ok(read) => state.finish(&gateway, read),
+                    Ok(read) => state.finish(&gateway, &kick, read),
                     Err(_) => false,
                 };
                 let wait = if ok || gateway.current.load().tokens.is_some() {
@@ -244,7 +244,12 @@ async fn load_loop(
             }
         }
         let announced = kick.take();
-        if !announced.is_empty() {
+        let first_read = state.arriving.is_some() && gateway.current.load().tokens.is_none();
+        if first_read && !announced.anything {
+            // Nothing serves yet to apply them to: once the read in flight
+            // does, they are read again (it may have been read before them).
+            state.deferred.extend(announced.ids);
+        } else if !announced.is_empty() {
             match apply_changes(&gateway, &source, &announced).await {
                 Some(applied) => state.applied(applied),
                 None => state.full_wanted = true,
@@ -283,6 +288,9 @@ struct LoadState {
     /// Changes applied while the read in flight runs: a full load's index
     /// gets them again (it may have been read before them).
     during: HashMap<TokenId, Option<TokenRecord>>,
+    /// Tokens announced while the first full load reads, with no index
+    /// serving to apply them to: announced again once its index serves.
+    deferred: HashSet<String>,
 }
 
 impl LoadState {
@@ -292,6 +300,8 @@ impl LoadState {
     fn start(&mut self, gateway: &Gateway, source: &Arc<Source>) {
         let source = source.clone();
         self.during.clear();
+        // Announced before this read began: it reads them.
+        self.deferred.clear();
         if self.full_wanted || !self.applied_since {
             self.full_wanted = false;
             // Only compare with the fingerprint of an index that is serving.
@@ -328,8 +338,12 @@ impl LoadState {
     }
 
     /// Installs a full load's index, with the changes applied while it was
-    /// read applied again on top.
-    fn install(&mut self, gateway: &Gateway, index: TokenIndex) {
+    /// read applied again on top, and announces again the tokens that
+    /// waited for an index to serve.
+    fn install(&mut self, gateway: &Gateway, kick: &Announced, index: TokenIndex) {
+        if !self.deferred.is_empty() {
+            kick.tokens(std::mem::take(&mut self.deferred));
+        }
         let during = std::mem::take(&mut self.during);
         let reapplied = !during.is_empty();
         let index = match reapplied {
@@ -349,11 +363,11 @@ impl LoadState {
     }
 
     /// Acts on a finished read; whether the source answered.
-    fn finish(&mut self, gateway: &Gateway, read: Read) -> bool {
+    fn finish(&mut self, gateway: &Gateway, kick: &Announced, read: Read) -> bool {
         let metrics = &gateway.retained.metrics;
         // The index is sent before the load ends; both can be ready at once.
         if let Some(index) = self.arriving.take().and_then(|mut a| a.try_recv().ok()) {
-            self.install(gateway, index);
+            self.install(gateway, kick, index);
         }
         let during = std::mem::take(&mut self.during);
         let ok = match read {
