@@ -298,7 +298,11 @@ fn first_escaped(bytes: &[u8]) -> Option<usize> {
 /// Milliseconds with up to three decimals, as the shortest JSON number
 /// (`1.5`, `12.0`, `0.001`): the duration rounded to the microsecond.
 fn write_millis(out: &mut Vec<u8>, duration: Duration) {
-    let micros = (duration.as_nanos() + 500) / 1_000;
+    // In 64 bits (`as_nanos` is 128, whose divisions are library calls).
+    let micros = duration
+        .as_secs()
+        .saturating_mul(1_000_000)
+        .saturating_add((u64::from(duration.subsec_nanos()) + 500) / 1_000);
     out.extend_from_slice(itoa::Buffer::new().format(micros / 1_000).as_bytes());
     out.push(b'.');
     let mut fraction = (micros % 1_000) as u32;
