@@ -27,18 +27,16 @@ impl RequestIds {
 /// The UUID of version 4 and the RFC 9562 variant made from `random`.
 fn uuid_v4(random: u128) -> HeaderValue {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    /// Where each byte's two digits go: hyphens follow bytes 4, 6, 8, 10.
+    const AT: [usize; 16] = [0, 2, 4, 6, 9, 11, 14, 16, 19, 21, 24, 26, 28, 30, 32, 34];
     let mut bits = random;
     // Version 4 in bits 48–51 (from the top), variant `10` in bits 64–65.
     bits = (bits & !(0xf << 76)) | (0x4 << 76);
     bits = (bits & !(0x3 << 62)) | (0x2 << 62);
     let mut out = [b'-'; 36];
-    let mut nibble = 0;
-    for (i, b) in out.iter_mut().enumerate() {
-        if matches!(i, 8 | 13 | 18 | 23) {
-            continue;
-        }
-        *b = DIGITS[((bits >> (124 - 4 * nibble)) & 0xf) as usize];
-        nibble += 1;
+    for (byte, at) in bits.to_be_bytes().into_iter().zip(AT) {
+        out[at] = DIGITS[usize::from(byte >> 4)];
+        out[at + 1] = DIGITS[usize::from(byte & 0xf)];
     }
     HeaderValue::from_bytes(&out).expect("hex and '-' are a valid header value")
 }
