@@ -95,14 +95,30 @@ pub fn writes(
     query: Option<&str>,
     read: &ReadMethods,
 ) -> bool {
+    writes_by_method(method, headers, query, read) || is_websocket_upgrade(headers)
+}
+
+/// [`writes`] but for a WebSocket upgrade, which the caller has looked at
+/// already: whether the method, a method-override header or a `_method`
+/// query parameter makes the request write.
+pub fn writes_by_method(
+    method: &Method,
+    headers: &HeaderMap,
+    query: Option<&str>,
+    read: &ReadMethods,
+) -> bool {
     if !read.contains(method) {
         return true;
     }
-    for name in &OVERRIDE_HEADERS {
-        if headers
-            .get_all(name)
-            .iter()
-            .any(|v| !read.names(v.as_bytes()))
+    // One pass over the names the request has (a handful, most of them
+    // standard, which compare unequal at once) instead of a hashed lookup
+    // per override header.
+    for name in headers.keys() {
+        if OVERRIDE_HEADERS.contains(name)
+            && headers
+                .get_all(name)
+                .iter()
+                .any(|v| !read.names(v.as_bytes()))
         {
             return true;
         }
@@ -112,7 +128,7 @@ pub fn writes(
             return true;
         }
     }
-    is_websocket_upgrade(headers)
+    false
 }
 
 /// Whether `method` is exactly `GET`, `HEAD` or `OPTIONS` (case-sensitive).

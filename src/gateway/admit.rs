@@ -183,8 +183,14 @@ impl<'p> Admission<'p> {
                 );
             }
         }
-        ex.writes = method::writes(head.method, head.headers, target.query, &route.read_methods);
         ex.websocket = method::is_websocket_upgrade(head.headers);
+        ex.writes = ex.websocket
+            || method::writes_by_method(
+                head.method,
+                head.headers,
+                target.query,
+                &route.read_methods,
+            );
         if trace.on() {
             trace.note(
                 "read methods",
