@@ -155,7 +155,9 @@ fn write_loop(rx: Receiver<Message>, sink: Box<dyn Write + Send>) {
 
 /// One log line, newline included: JSON, or `key=value` text.
 fn format_line(r: &Record, json: bool) -> Vec<u8> {
-    let mut out = Vec::with_capacity(256);
+    // Room for a whole line with a UUID request id, a token id and a
+    // route: one allocation, grown only for a long path or id.
+    let mut out = Vec::with_capacity(512);
     if json {
         json_line(&mut out, r);
     } else {
