@@ -33,9 +33,9 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -550,11 +550,40 @@ where
     C: Future,
     S: Future,
 {
+    /// What woke the connection's task.
+    enum Step {
+        Ended,
+        Due(Due),
+        Stop,
+    }
     let mut graceful = graceful;
+    let watchers = Watchers::new();
     loop {
-        tokio::select! {
-            biased;
-            _ = connection.as_mut() => {
+        let due = activity.due();
+        let mut due = std::pin::pin!(due);
+        watchers.look_next_time();
+        let already_stopped = *stopped;
+        let step = std::future::poll_fn(|cx| {
+            if connection.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Step::Ended);
+            }
+            // The watchdog and the stop signal, only when one of them woke
+            // the task (or they are new): every other wake-up is the
+            // connection's own, one or two per request.
+            let Some(mut watching) = watchers.woken(cx) else {
+                return Poll::Pending;
+            };
+            if let Poll::Ready(due) = due.as_mut().poll(&mut watching) {
+                return Poll::Ready(Step::Due(due));
+            }
+            if !already_stopped && stop.as_mut().poll(&mut watching).is_ready() {
+                return Poll::Ready(Step::Stop);
+            }
+            Poll::Pending
+        })
+        .await;
+        match step {
+            Step::Ended => {
                 // A park stays `PARKING` until `park` resumes it, so the
                 // watchdog does not park it again meanwhile.
                 if activity.parking.load(Ordering::Relaxed) == PARKING {
@@ -563,7 +592,7 @@ where
                 activity.parking.store(NOT_PARKING, Ordering::Relaxed);
                 return Served::Ended;
             }
-            due = activity.due() => match (due, park) {
+            Step::Due(due) => match (due, park) {
                 (Due::Park, Some(park)) => {
                     activity.parking.store(PARKING, Ordering::Relaxed);
                     park(connection.as_mut());
@@ -577,7 +606,7 @@ where
                     None => return Served::Ended,
                 },
             },
-            _ = stop.as_mut(), if !*stopped => {
+            Step::Stop => {
                 *stopped = true;
                 activity.drain();
                 if let Some(shut_down) = graceful.take() {
@@ -585,6 +614,71 @@ where
                 }
             }
         }
+    }
+}
+
+/// The wake-ups of a connection's watchdog and stop signal, told apart from
+/// the connection's own: those two are polled with a waker of their own,
+/// which notes that they woke and wakes the task. Polling them on every
+/// wake-up of the task (a `select!`) cost about 500 instructions per
+/// request, the timer's and the signal's checks (`benches/instructions.sh`).
+struct Watchers {
+    signal: Arc<Signal>,
+    waker: Waker,
+}
+
+/// Whether the watchers woke, and the task to wake.
+#[derive(Default)]
+struct Signal {
+    woken: AtomicBool,
+    task: std::sync::Mutex<Option<Waker>>,
+}
+
+impl Wake for Signal {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        let task = self.task.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(task) = &*task {
+            task.wake_by_ref();
+        }
+    }
+}
+
+impl Watchers {
+    fn new() -> Self {
+        let signal = Arc::new(Signal::default());
+        Watchers {
+            waker: Waker::from(signal.clone()),
+            signal,
+        }
+    }
+
+    /// The next poll looks at the watchers whatever woke the task (they
+    /// are new, and have not registered their wake-ups yet).
+    fn look_next_time(&self) {
+        self.signal.woken.store(true, Ordering::Release);
+    }
+
+    /// The context to poll the watchers with, when they woke (or are new);
+    /// notes the task to wake for them either way.
+    fn woken(&self, cx: &Context<'_>) -> Option<Context<'_>> {
+        {
+            let mut task = self.signal.task.lock().unwrap_or_else(|e| e.into_inner());
+            match &*task {
+                Some(known) if known.will_wake(cx.waker()) => {}
+                _ => *task = Some(cx.waker().clone()),
+            }
+        }
+        // Cleared before they are polled: a wake-up from now on is seen
+        // at the next poll.
+        self.signal
+            .woken
+            .swap(false, Ordering::AcqRel)
+            .then(|| Context::from_waker(&self.waker))
     }
 }
 
