@@ -264,7 +264,28 @@ pub fn client_host(headers: &HeaderMap, uri: &Uri) -> Option<HeaderValue> {
 
 /// `host[:port]` as `http::uri::Authority` reads it, without a userinfo.
 fn is_plain_authority(b: &[u8]) -> bool {
-    !b.contains(&b'@') && http::uri::Authority::try_from(b).is_ok()
+    is_simple_host_port(b) || (!b.contains(&b'@') && http::uri::Authority::try_from(b).is_ok())
+}
+
+/// The common `Host`, told apart without a parser: a name or IPv4 address
+/// of letters, digits, `.` and `-`, and maybe a port of up to five digits
+/// at most 65535. Every such value is a plain authority; anything else
+/// (an IPv6 literal, say) goes to the parser.
+fn is_simple_host_port(b: &[u8]) -> bool {
+    let (host, port) = match b.iter().position(|&c| c == b':') {
+        Some(i) => (&b[..i], Some(&b[i + 1..])),
+        None => (b, None),
+    };
+    let host_ok = (1..=255).contains(&host.len())
+        && host
+            .iter()
+            .all(|&c| c.is_ascii_alphanumeric() || c == b'.' || c == b'-');
+    let port_ok = port.is_none_or(|p| {
+        (1..=5).contains(&p.len())
+            && p.iter().all(u8::is_ascii_digit)
+            && std::str::from_utf8(p).is_ok_and(|p| p.parse::<u16>().is_ok())
+    });
+    host_ok && port_ok
 }
 
 /// The client's `X-Request-Id`, if it sent exactly one and it is 1 to 128
@@ -293,6 +314,14 @@ impl Nominations {
         let mut all = headers.get_all(CONNECTION).iter();
         match (all.next(), all.next()) {
             (None, _) => Nominations::None,
+            // The usual values name no header that is not removed anyway
+            // (`Keep-Alive` always is).
+            (Some(v), None)
+                if v.as_bytes().eq_ignore_ascii_case(b"keep-alive")
+                    || v.as_bytes().eq_ignore_ascii_case(b"close") =>
+            {
+                Nominations::None
+            }
             (Some(v), None) => Nominations::One(v.clone()),
             _ => Nominations::Many(headers.get_all(CONNECTION).iter().cloned().collect()),
         }
@@ -766,6 +795,31 @@ mod tests {
         assert!(request_id(&HeaderMap::new()).is_none());
         assert!(request_id(&map(&[("x-request-id", "a"), ("x-request-id", "b")])).is_none());
         assert_eq!(request_id(&map(&[("X-Request-ID", "abc")])).unwrap(), "abc");
+    }
+
+    #[test]
+    fn a_simple_host_is_one_the_authority_parser_accepts_too() {
+        for ok in [
+            "a",
+            "api.example.com",
+            "127.0.0.1:19081",
+            "a-b.c:1",
+            "x:65535",
+            "X.Y",
+        ] {
+            assert!(is_simple_host_port(ok.as_bytes()), "{ok}");
+            assert!(http::uri::Authority::try_from(ok).is_ok(), "{ok}");
+        }
+        for other in [
+            "", ":80", "a:", "a:65536", "a:123456", "a:8a", "a b", "a/b", "u@h", "[::1]:80",
+            "a:80:80", "a_b",
+        ] {
+            assert!(!is_simple_host_port(other.as_bytes()), "{other}");
+        }
+        // Those go to the parser, which still takes the IPv6 literal.
+        assert!(is_plain_authority(b"[::1]:80"));
+        assert!(!is_plain_authority(b"u@h"));
+        assert!(!is_plain_authority(b"a/b"));
     }
 
     #[test]
