@@ -25,7 +25,9 @@
 //! uncontended atomics) and reads the clock once, when it ends; a head read
 //! after an idle wait reads it once more. The watchdog's timer is re-armed
 //! only when it fires (the deadline it finds moved on is slept to again), so
-//! no timer is registered or removed per request, as hyper's was. On an
+//! no timer is registered or removed per request, as hyper's was; it and the
+//! stop signal are polled only when they woke the task, not on the
+//! connection's own wake-ups ([`serve_watched`]). On an
 //! HTTP/1.1 connection it fires at least every `park_after` (2 s) until the
 //! connection parks; on an HTTP/2 connection at least every `timeouts.send`
 //! (by default 60 s, as `idle`).
