@@ -29,6 +29,28 @@ mod allocator {
         align <= MIN_ALIGN && align <= size
     }
 
+    /// An allocation by `plain` or, where the alignment asks more, by
+    /// `aligned`.
+    ///
+    /// # Safety
+    /// As [`GlobalAlloc::alloc`]; the two are mimalloc's calls of one kind.
+    #[inline(always)]
+    unsafe fn allocate(
+        layout: Layout,
+        plain_call: unsafe extern "C" fn(usize) -> *mut c_void,
+        aligned_call: unsafe extern "C" fn(usize, usize) -> *mut c_void,
+    ) -> *mut u8 {
+        let (size, align) = (layout.size(), layout.align());
+        // SAFETY: mimalloc's C API, called as documented.
+        unsafe {
+            if plain(align, size) {
+                plain_call(size).cast()
+            } else {
+                aligned_call(size, align).cast()
+            }
+        }
+    }
+
     pub struct Mimalloc;
 
     // SAFETY: each call hands mimalloc a layout it serves as asked: plain
@@ -36,27 +58,13 @@ mod allocator {
     // and memory is freed and resized by the allocator that made it.
     unsafe impl GlobalAlloc for Mimalloc {
         unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-            let (size, align) = (layout.size(), layout.align());
-            // SAFETY: mimalloc's C API, called as documented.
-            unsafe {
-                if plain(align, size) {
-                    mi::mi_malloc(size).cast()
-                } else {
-                    mi::mi_malloc_aligned(size, align).cast()
-                }
-            }
+            // SAFETY: as the trait requires of the caller.
+            unsafe { allocate(layout, mi::mi_malloc, mi::mi_malloc_aligned) }
         }
 
         unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-            let (size, align) = (layout.size(), layout.align());
-            // SAFETY: as in `alloc`.
-            unsafe {
-                if plain(align, size) {
-                    mi::mi_zalloc(size).cast()
-                } else {
-                    mi::mi_zalloc_aligned(size, align).cast()
-                }
-            }
+            // SAFETY: as the trait requires of the caller.
+            unsafe { allocate(layout, mi::mi_zalloc, mi::mi_zalloc_aligned) }
         }
 
         unsafe fn dealloc(&self, ptr: *mut u8, _layout: Layout) {
