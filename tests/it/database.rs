@@ -856,10 +856,9 @@ fn netbox_config(up: SocketAddr, url: &str) -> String {
     config
 }
 
-#[tokio::test]
-async fn netbox_preset_installs_its_trigger_and_a_deleted_token_is_refused_at_once() {
-    let _shared = WHOLE_READS.read().await;
-    let Some(pg) = Pg::new().await else { return };
+/// NetBox's `users_token` and `users_user` with one user and two tokens
+/// (ids 1 and 2: `NB_WRITE` and `NB_READ`).
+async fn netbox_two_tokens(pg: &Pg) {
     pg.exec(NETBOX_USERS_TOKEN).await;
     pg.exec(&format!(
         "INSERT INTO users_user (id, username, is_active) VALUES (1, 'admin', true);
@@ -867,6 +866,30 @@ async fn netbox_preset_installs_its_trigger_and_a_deleted_token_is_refused_at_on
            VALUES (1, 1, true, true, '{NB_WRITE}', 1), (2, 1, true, true, '{NB_READ}', 1);"
     ))
     .await;
+}
+
+/// How many `tollgate_tokens_notify` triggers `users_token` has.
+async fn netbox_triggers(pg: &Pg) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM pg_trigger WHERE tgname = 'tollgate_tokens_notify' \
+         AND tgrelid = to_regclass('users_token')",
+    )
+    .fetch_one(&pg.admin)
+    .await
+    .unwrap()
+}
+
+/// The status of a NetBox API read through the gateway with `key`.
+async fn netbox_read(addr: std::net::SocketAddr, key: &str) -> u16 {
+    let auth = format!("Authorization: Token {key}");
+    get(addr, "/api/dcim/devices/", &[&auth]).await.status
+}
+
+#[tokio::test]
+async fn netbox_preset_installs_its_trigger_and_a_deleted_token_is_refused_at_once() {
+    let _shared = WHOLE_READS.read().await;
+    let Some(pg) = Pg::new().await else { return };
+    netbox_two_tokens(&pg).await;
     let up = Upstream::start().await;
     // Only the trigger can make it in time.
     let yaml =
@@ -882,31 +905,16 @@ async fn netbox_preset_installs_its_trigger_and_a_deleted_token_is_refused_at_on
             && stderr.contains("CREATE TRIGGER tollgate_tokens_notify AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON users_token"),
         "{stderr}"
     );
-    let installed = "SELECT count(*) FROM pg_trigger WHERE tgname = 'tollgate_tokens_notify' \
-                     AND tgrelid = to_regclass('users_token')";
-    let count = || async {
-        sqlx::query_scalar::<_, i64>(installed)
-            .fetch_one(&pg.admin)
-            .await
-            .unwrap()
-    };
-    assert_eq!(count().await, 0, "check installed the trigger");
+    assert_eq!(netbox_triggers(&pg).await, 0, "check installed the trigger");
 
     let gw = Gw::start_unready(&yaml, "").await;
     wait_ready(&gw, Duration::from_secs(10)).await;
-    assert_eq!(count().await, 1, "serve did not install the trigger");
-    let read = |key: &'static str| {
-        let addr = gw.addr();
-        async move {
-            get(
-                addr,
-                "/api/dcim/devices/",
-                &[&format!("Authorization: Token {key}")],
-            )
-            .await
-            .status
-        }
-    };
+    assert_eq!(
+        netbox_triggers(&pg).await,
+        1,
+        "serve did not install the trigger"
+    );
+    let read = |key: &'static str| netbox_read(gw.addr(), key);
     assert_eq!(read(NB_WRITE).await, 200);
     pg.exec("DELETE FROM users_token WHERE id = 1").await;
     let delay = within(Duration::from_secs(5), "deleted token refused", || async {
@@ -933,13 +941,7 @@ fn as_user(url: &str, user: &str) -> String {
 #[tokio::test]
 async fn netbox_preset_under_a_role_that_may_not_install_the_trigger_serves_on_the_refresh() {
     let Some(pg) = Pg::new().await else { return };
-    pg.exec(NETBOX_USERS_TOKEN).await;
-    pg.exec(&format!(
-        "INSERT INTO users_user (id, username, is_active) VALUES (1, 'admin', true);
-         INSERT INTO users_token (id, version, enabled, write_enabled, plaintext, user_id) \
-           VALUES (1, 1, true, true, '{NB_WRITE}', 1), (2, 1, true, true, '{NB_READ}', 1);"
-    ))
-    .await;
+    netbox_two_tokens(&pg).await;
     // The role the guide recommends: SELECT on the two tables, nothing more.
     let role = format!("tg_reader_{}", uuid::Uuid::new_v4().simple());
     pg.exec(&format!(
@@ -952,26 +954,13 @@ async fn netbox_preset_under_a_role_that_may_not_install_the_trigger_serves_on_t
     let yaml = netbox_config(up.addr, &as_user(&pg.url, &role));
     let gw = Gw::start_unready(&yaml, "").await;
     wait_ready(&gw, Duration::from_secs(10)).await;
-    let read = |key: &'static str| {
-        let addr = gw.addr();
-        async move {
-            let auth = format!("Authorization: Token {key}");
-            get(addr, "/api/dcim/devices/", &[&auth]).await.status
-        }
-    };
+    let read = |key: &'static str| netbox_read(gw.addr(), key);
     assert_eq!(
         read(NB_WRITE).await,
         200,
         "serves although the install failed"
     );
-    let installed: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM pg_trigger WHERE tgname = 'tollgate_tokens_notify' \
-         AND tgrelid = to_regclass('users_token')",
-    )
-    .fetch_one(&pg.admin)
-    .await
-    .unwrap();
-    assert_eq!(installed, 0, "the role could install it");
+    assert_eq!(netbox_triggers(&pg).await, 0, "the role could install it");
     let out = tollgate(&gw.path("gateway.yaml"), &["check"]).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
