@@ -741,6 +741,25 @@ mod tests {
         assert_eq!(hypers_refusal(b"HTTP/1.1 4"), None);
     }
 
+    /// An idle connection (1 s header read, 60 s idle) watched for `send`,
+    /// its HTTP/2 `streams` or parking after `park_after`.
+    fn idle_watching(
+        send: Option<Duration>,
+        streams: bool,
+        park_after: Option<Duration>,
+    ) -> Arc<Activity> {
+        Activity::watching(
+            SECOND,
+            60 * SECOND,
+            Start::Idle,
+            Watch {
+                send,
+                streams,
+                park_after,
+            },
+        )
+    }
+
     #[test]
     fn a_head_is_being_read_until_a_request_begins_and_again_after_an_idle_wait() {
         let activity = Activity::new(SECOND, 60 * SECOND, Start::Head);
@@ -755,16 +774,7 @@ mod tests {
 
     #[test]
     fn a_request_in_flight_expires_only_once_writes_stay_blocked_past_send() {
-        let activity = Activity::watching(
-            SECOND,
-            60 * SECOND,
-            Start::Idle,
-            Watch {
-                send: Some(20 * MS),
-                park_after: None,
-                streams: false,
-            },
-        );
+        let activity = idle_watching(Some(20 * MS), false, None);
         let request = activity.begin();
         std::thread::sleep(30 * MS);
         assert!(
@@ -787,16 +797,7 @@ mod tests {
 
     #[test]
     fn a_watched_stream_that_waits_for_the_client_past_send_is_cut_and_its_request_ends() {
-        let activity = Activity::watching(
-            SECOND,
-            60 * SECOND,
-            Start::Idle,
-            Watch {
-                send: Some(20 * MS),
-                streams: true,
-                park_after: None,
-            },
-        );
+        let activity = idle_watching(Some(20 * MS), true, None);
         let left = activity.remaining().unwrap();
         assert!(left <= 20 * MS, "idle, looked at every send: {left:?}");
         // A body that is never polled, holding its request's mark.
@@ -815,16 +816,7 @@ mod tests {
 
     #[test]
     fn without_watched_streams_nothing_is_cut_or_looked_at_sooner() {
-        let activity = Activity::watching(
-            SECOND,
-            60 * SECOND,
-            Start::Idle,
-            Watch {
-                send: Some(20 * MS),
-                streams: false,
-                park_after: None,
-            },
-        );
+        let activity = idle_watching(Some(20 * MS), false, None);
         assert!(activity.remaining().unwrap() > 59 * SECOND);
         let stream = activity.stream(activity.begin());
         std::thread::sleep(30 * MS);
@@ -978,16 +970,7 @@ mod tests {
     #[tokio::test]
     async fn a_parked_connection_resumes_with_its_first_byte_read_again() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let activity = Activity::watching(
-            SECOND,
-            60 * SECOND,
-            Start::Idle,
-            Watch {
-                send: None,
-                park_after: Some(MS),
-                streams: false,
-            },
-        );
+        let activity = idle_watching(None, false, Some(MS));
         drop(activity.begin());
         activity.parking.store(PARKING, Ordering::Relaxed);
         let (mut client, server) = tokio::io::duplex(64);
@@ -1002,6 +985,56 @@ mod tests {
             activity.deadline.load(Ordering::Relaxed) & HEAD,
             HEAD,
             "a head began"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_stop_signal_is_polled_when_it_wakes_not_on_each_of_the_connections_wake_ups() {
+        static TOLD: AtomicBool = AtomicBool::new(false);
+        let activity = Activity::new(SECOND, 60 * SECOND, Start::Idle);
+        // A busy connection: woken every millisecond, ends once told.
+        let mut connection_polls = 0u32;
+        let connection = std::pin::pin!(std::future::poll_fn(|cx| {
+            connection_polls += 1;
+            if TOLD.load(Ordering::Relaxed) {
+                return Poll::Ready(());
+            }
+            let waker = cx.waker().clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(MS).await;
+                waker.wake();
+            });
+            Poll::Pending
+        }));
+        let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+        let mut stop_polls = 0u32;
+        let mut waiting = std::pin::pin!(async move {
+            let _ = stop_rx.wait_for(|s| *s).await;
+        });
+        let stop = std::pin::pin!(std::future::poll_fn(|cx| {
+            stop_polls += 1;
+            waiting.as_mut().poll(cx)
+        }));
+        tokio::spawn(async move {
+            tokio::time::sleep(100 * MS).await;
+            let _ = stop_tx.send(true);
+        });
+        let mut stopped = false;
+        let served = serve_watched(
+            connection,
+            &activity,
+            stop,
+            &mut stopped,
+            Some(|_| TOLD.store(true, Ordering::Relaxed)),
+            None,
+        )
+        .await;
+        assert_eq!(served, Served::Ended);
+        assert!(stopped, "the stop signal was seen");
+        assert!(connection_polls > 10, "{connection_polls} connection polls");
+        assert!(
+            stop_polls <= 3,
+            "the stop signal was polled {stop_polls} times for {connection_polls} connection polls"
         );
     }
 
