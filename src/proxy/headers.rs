@@ -768,6 +768,25 @@ mod tests {
     }
 
     #[test]
+    fn a_lone_keep_alive_or_close_connection_header_goes_and_names_nothing_else() {
+        for value in ["keep-alive", "Keep-Alive", "close", "CLOSE"] {
+            let mut h = map(&[
+                ("connection", value),
+                ("keep-alive", "timeout=5"),
+                ("content-length", "3"),
+                ("content-type", "text/plain"),
+                ("x-close", "kept"),
+            ]);
+            clean_response(&mut h, false);
+            assert_eq!(
+                names(&h),
+                ["content-length", "content-type", "x-close"],
+                "{value}"
+            );
+        }
+    }
+
+    #[test]
     fn websocket_101_keeps_upgrade() {
         let mut h = map(&[
             ("connection", "Upgrade"),
